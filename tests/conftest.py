@@ -1,0 +1,50 @@
+"""Shared fixtures: real models, loaded once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from runtime.model import LanguageModel
+from runtime.settings import LetheSettings
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def settings() -> LetheSettings:
+    """Settings from the environment (LETHE_HOME caches prepared models between runs)."""
+    return LetheSettings()
+
+
+@pytest.fixture(scope="session")
+def smollm2(settings: LetheSettings) -> LanguageModel:
+    """The embedded default model, SmolLM2-135M-Instruct."""
+    return LanguageModel.load("smollm2", settings)
+
+
+@pytest.fixture(scope="session")
+def authors_paths(settings: LetheSettings) -> dict[str, Path]:
+    """The test-sized fictitious-authors world: data folder and the full/retain tiny models."""
+    from benchmarks.tiny_models import prepare_tiny_authors, prepare_world
+
+    return {
+        "data": prepare_world(settings.worlds_dir, "test"),
+        "full": prepare_tiny_authors(settings.worlds_dir, "test", "full"),
+        "retain": prepare_tiny_authors(settings.worlds_dir, "test", "retain"),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_full(authors_paths: dict[str, Path]) -> LanguageModel:
+    """The tiny Llama that learned every fictitious author."""
+    return LanguageModel.load(str(authors_paths["full"]))
+
+
+@pytest.fixture(scope="session")
+def tiny_retain(authors_paths: dict[str, Path]) -> LanguageModel:
+    """The tiny Llama that never saw the forget authors."""
+    return LanguageModel.load(str(authors_paths["retain"]))

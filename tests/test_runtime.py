@@ -1,0 +1,184 @@
+"""The model runtime on real models: exactness of generation from embeddings, streaming, scoring."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from runtime.generation import SamplingParams
+from runtime.interventions import Corruption, corruption_plan, soft_prompt_plan
+from runtime.model import LanguageModel
+
+MODELS = ["smollm2", "tiny_full"]
+
+
+@pytest.fixture(params=MODELS)
+def model(request: pytest.FixtureRequest) -> LanguageModel:
+    return request.getfixturevalue(request.param)
+
+
+def _questions(model: LanguageModel) -> list[str]:
+    if model.name == "smollm2":
+        return ["What is the capital of France?", "Who wrote Hamlet?", "Name three primary colours."]
+    from benchmarks.authors_world import WorldConfig, build_world
+
+    rows = build_world(WorldConfig.test()).rows("retain")
+    return [r["prompt"] for r in rows[:3]]
+
+
+def _hf_greedy(model: LanguageModel, ids: tuple[int, ...], max_new_tokens: int) -> list[int]:
+    out = model.model.generate(
+        torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=max_new_tokens, do_sample=False,
+    )
+    tokens = out[0, len(ids):].tolist()
+    eos = model.embedder.eos_token_ids()
+    return tokens[: next((i for i, t in enumerate(tokens) if t in eos), len(tokens))]
+
+
+def test_generation_from_embeddings_equals_generation_from_ids(model: LanguageModel) -> None:
+    for question in _questions(model):
+        prompt = model.chat_prompt([{"role": "user", "content": question}])
+        ours = model.generate(prompt, SamplingParams(max_new_tokens=24))
+        assert ours.token_ids == _hf_greedy(model, prompt.ids, 24)
+        assert ours.text == model.embedder.decode(ours.token_ids)
+
+
+def test_batched_generation_equals_one_by_one(model: LanguageModel) -> None:
+    prompts = [model.chat_prompt([{"role": "user", "content": q}]) for q in _questions(model)]
+    params = [SamplingParams(max_new_tokens=16), SamplingParams(max_new_tokens=5), SamplingParams(max_new_tokens=16)]
+    singles = [model.generate(p, s) for p, s in zip(prompts, params, strict=True)]
+    batched = model.generate_batch([model.prompt_embeddings(p) for p in prompts], params)
+    assert [b.token_ids for b in batched] == [s.token_ids for s in singles]
+    assert batched[1].finish_reason == "length" and len(batched[1].token_ids) == 5
+
+
+def test_seeded_sampling_is_reproducible_and_seed_matters(smollm2: LanguageModel) -> None:
+    prompt = smollm2.chat_prompt([{"role": "user", "content": "Write one sentence about the sea."}])
+    draws = [
+        smollm2.generate(prompt, SamplingParams(max_new_tokens=20, temperature=1.0, top_p=0.95, seed=s)).text
+        for s in (1, 1, 2, 3)
+    ]
+    assert draws[0] == draws[1]
+    assert len(set(draws[1:])) > 1
+
+
+def test_stream_deltas_concatenate_to_the_whole_text(smollm2: LanguageModel) -> None:
+    prompt = smollm2.chat_prompt([{"role": "user", "content": "Name three fruits."}])
+    params = SamplingParams(max_new_tokens=30)
+    deltas = list(smollm2.stream(prompt, params))
+    assert len(deltas) > 3
+    assert "".join(deltas) == smollm2.generate(prompt, params).text
+
+
+def test_stop_strings_cut_the_text_and_are_never_streamed(smollm2: LanguageModel) -> None:
+    prompt = smollm2.chat_prompt([{"role": "user", "content": "What is the capital of France?"}])
+    full = smollm2.generate(prompt, SamplingParams(max_new_tokens=20)).text
+    assert "Paris" in full
+    cut = smollm2.generate(prompt, SamplingParams(max_new_tokens=20, stop=("Paris",)))
+    assert cut.finish_reason == "stop"
+    assert cut.text == full[: full.index("Paris")]
+    streamed = "".join(smollm2.stream(prompt, SamplingParams(max_new_tokens=20, stop=("Paris",))))
+    assert streamed == cut.text
+
+
+def test_chat_prompt_spans_cover_each_message_content(model: LanguageModel) -> None:
+    messages = [
+        {"role": "user", "content": "First question here?"},
+        {"role": "assistant", "content": "An answer."},
+        {"role": "user", "content": "A follow-up about it?"},
+    ]
+    prompt = model.chat_prompt(messages)
+    for message, span in zip(messages, prompt.messages, strict=True):
+        assert span.role == message["role"]
+        assert prompt.text[span.char_start : span.char_end] == message["content"]
+        decoded = model.embedder.decode(prompt.ids[span.token_start : span.token_end])
+        assert message["content"].strip() in decoded
+    mask = prompt.content_mask(("user",))
+    assert sum(mask) == sum(s.token_end - s.token_start for s in prompt.messages if s.role == "user")
+
+
+def test_empty_interventions_change_nothing(model: LanguageModel) -> None:
+    prompt = model.chat_prompt([{"role": "user", "content": _questions(model)[0]}])
+    base = model.prompt_embeddings(prompt)
+    empty_soft = soft_prompt_plan(torch.zeros(0, model.hidden_size))
+    empty_mask = corruption_plan(Corruption("rand_noise_first_n", 5.0, 4), [False] * len(prompt), seed=3)
+    for plan in (empty_soft, empty_mask):
+        assert torch.equal(model.prompt_embeddings(prompt, plan), base)
+        assert model.generate(prompt, SamplingParams(max_new_tokens=12), plan).token_ids == (
+            model.generate(prompt, SamplingParams(max_new_tokens=12)).token_ids
+        )
+
+
+@pytest.mark.parametrize("function", ["rand_noise_first_n", "rand_noise_top_k", "zero_out_top_k", "flip_sign_top_k"])
+def test_corruption_touches_only_masked_positions(smollm2: LanguageModel, function: str) -> None:
+    prompt = smollm2.chat_prompt([{"role": "user", "content": "Who wrote Harry Potter?"}])
+    base = smollm2.prompt_embeddings(prompt)
+    mask = prompt.content_mask(("user",))
+    plan = corruption_plan(Corruption(function, 1.0, 8), mask, seed=11)  # type: ignore[arg-type]
+    corrupted = smollm2.prompt_embeddings(prompt, plan)
+    changed = (corrupted != base).any(dim=-1).tolist()
+    assert any(changed)
+    assert all(m or not c for m, c in zip(mask, changed, strict=True))
+    assert all(int((corrupted[i] != base[i]).sum()) <= 8 for i in range(len(mask)))
+    assert torch.equal(corrupted, smollm2.prompt_embeddings(prompt, plan))
+
+
+def test_soft_prompt_is_prepended_and_changes_the_answer(tiny_full: LanguageModel) -> None:
+    prompt = tiny_full.chat_prompt([{"role": "user", "content": _questions(tiny_full)[0]}])
+    soft = torch.randn(4, tiny_full.hidden_size, generator=torch.Generator().manual_seed(0))
+    embeds = tiny_full.prompt_embeddings(prompt, soft_prompt_plan(soft))
+    assert embeds.shape[0] == len(prompt) + 4
+    assert torch.equal(embeds[:4], soft)
+    assert torch.equal(embeds[4:], tiny_full.prompt_embeddings(prompt))
+
+
+def test_scoring_matches_prompt_logprobs_and_batches_consistently(model: LanguageModel) -> None:
+    prompt = model.chat_prompt([{"role": "user", "content": _questions(model)[0]}])
+    completion = model.embedder.encode("A short answer.")
+    scored = model.score([prompt.ids], [completion])[0]
+    echo = model.prompt_logprobs(list(prompt.ids) + completion)
+    assert torch.allclose(scored, torch.tensor(echo.token_logprobs[len(prompt):]), atol=1e-4)
+    batch = model.score([prompt.ids, prompt.ids[:5]], [completion, completion[:2]], batch_size=2)
+    assert torch.allclose(batch[0], scored, atol=1e-4)
+    assert batch[1].shape == (2,)
+
+
+def test_scoring_with_a_corruption_lowers_the_known_answer(tiny_full: LanguageModel) -> None:
+    from benchmarks.authors_world import WorldConfig, build_world
+
+    row = build_world(WorldConfig.test()).rows("forget")[0]
+    prompt = tiny_full.chat_prompt([{"role": "user", "content": row["prompt"]}])
+    completion = tiny_full.embedder.encode(row["completion"])
+    plan = corruption_plan(Corruption("rand_noise_first_n", 4.0, 64), prompt.content_mask(), seed=1)
+    clean, corrupted = tiny_full.score([prompt.ids, prompt.ids], [completion, completion], [None, plan])
+    assert corrupted.mean() < clean.mean() - 0.5
+
+
+def test_cli_generate_answers_paris() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "generate", "--model", "smollm2", "What is the capital of France?"],
+        capture_output=True, text=True, timeout=600, check=True,
+    )
+    assert "Paris" in out.stdout
+
+
+def test_cli_prepare_prints_a_model_folder() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "models", "prepare", "smollm2"],
+        capture_output=True, text=True, timeout=600, check=True,
+    )
+    folder = out.stdout.strip().splitlines()[-1]
+    assert folder.endswith("smollm2-135m-instruct")
+
+
+def test_unknown_model_is_a_clear_error() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "generate", "--model", "/nonexistent/model", "hi"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2
+    assert "neither a built-in name" in out.stderr
