@@ -1,0 +1,72 @@
+"""Training configuration and the error types of the classifier package."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+
+class ClassifierTrainingError(ValueError):
+    """Training data or configuration cannot produce a calibrated classifier."""
+
+
+class ClassifierLoadError(ValueError):
+    """A saved classifier folder is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Hyper-parameters of a scope classifier (all have working defaults)."""
+
+    alpha: float = 0.01
+    fpr_target: float = 0.01
+    token_mode: Literal["all", "salient"] = "salient"
+    seed: int = 0
+    word_ngram_max: int = 2
+    char_ngram_min: int = 2
+    char_ngram_max: int = 5
+    C: float = 10.0
+    max_iter: int = 2000
+    calibration_fraction: float = 0.3
+    validation_fraction: float = 0.15
+    min_positives: int = 10
+    min_calibration: int = 5
+    variants_per_prompt: int = 4
+    frames_per_entity: int = 8
+    near_misses_per_prompt: int = 2
+    retain_heldout_fraction: float = 0.3
+    salient_min_logit: float = 1.0
+    salient_relative: float = 0.5
+    featurizer_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "alpha must be in (0, 1)": 0.0 < self.alpha < 1.0,
+            "fpr_target must be in (0, 1)": 0.0 < self.fpr_target < 1.0,
+            "token_mode must be 'all' or 'salient'": self.token_mode in ("all", "salient"),
+            "word_ngram_max must be >= 1": self.word_ngram_max >= 1,
+            "char n-gram range must satisfy 1 <= min <= max": 1 <= self.char_ngram_min <= self.char_ngram_max,
+            "C must be > 0": self.C > 0,
+            "calibration_fraction must be in (0, 1)": 0.0 < self.calibration_fraction < 1.0,
+            "validation_fraction must be in [0, 1)": 0.0 <= self.validation_fraction < 1.0,
+            "calibration_fraction + validation_fraction must be < 0.9":
+                self.calibration_fraction + self.validation_fraction < 0.9,
+            "min_calibration must be >= 1": self.min_calibration >= 1,
+            "min_positives must be >= 3": self.min_positives >= 3,
+            "variants_per_prompt, frames_per_entity and near_misses_per_prompt must be >= 0":
+                min(self.variants_per_prompt, self.frames_per_entity, self.near_misses_per_prompt) >= 0,
+            "retain_heldout_fraction must be in [0, 1)": 0.0 <= self.retain_heldout_fraction < 1.0,
+        }
+        failed = [msg for msg, ok in checks.items() if not ok]
+        if failed:
+            raise ClassifierTrainingError("invalid ClassifierConfig: " + "; ".join(failed))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClassifierConfig:
+        """Inverse of ``to_dict``; unknown keys are ignored so older artifacts stay loadable."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
