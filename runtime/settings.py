@@ -34,6 +34,9 @@ class LetheSettings(BaseSettings):
     max_concurrency: int = 4
     max_batch_size: int = 8
     batch_window_ms: float = 5.0
+    max_queue_depth: int = Field(default=64, description="Generations waiting for a batch before a 503.")
+    decode_workers: int = Field(default=2, ge=1, description="Batches the gateway decodes at the same time.")
+    allow_prompt_embeds: bool = Field(default=True, description="Accept vLLM-style prompt_embeds on /v1/completions.")
 
     upstream: str | None = None
     upstream_model: str | None = None

@@ -52,9 +52,7 @@ class ForgetSetRouter:
     @classmethod
     def from_folders(cls, folders: Iterable[Path | str], embedder: PromptEmbedder) -> ForgetSetRouter:
         """Load artifact folders, refusing any trained for another base model."""
-        return cls(
-            ForgetSetArtifact.load(Path(f), embedder.fingerprint, embedder.hidden_size) for f in folders
-        )
+        return cls(ForgetSetArtifact.load(Path(f), embedder.fingerprint, embedder.hidden_size) for f in folders)
 
     @property
     def active(self) -> Mapping[str, ForgetSetArtifact]:

