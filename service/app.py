@@ -1,0 +1,74 @@
+"""The FastAPI application: routes, error rendering, body limit, metrics, start-up and shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from service import admin_routes, openai_routes
+from service.batcher import Overloaded
+from service.errors import OVERLOADED, APIError, install_error_handlers
+from service.gateway import Gateway, gateway_of
+from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    """An app serving ``gateway``; its lifespan starts and stops the gateway's workers."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gateway.start()
+        try:
+            yield
+        finally:
+            gateway.stop()
+
+    app = FastAPI(
+        title="Lethe",
+        description="Inference-time unlearning gateway (OpenAI-compatible).",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.gateway = gateway
+    install_error_handlers(app)
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        gateway.metrics.rejected.inc()
+        return APIError(
+            503, "The server is overloaded; retry shortly.", OVERLOADED, None, "overloaded", {"Retry-After": "1"}
+        ).response()
+
+    app.include_router(openai_routes.router)
+    app.include_router(admin_routes.router)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/ready", response_model=None)
+    async def ready(request: Request) -> dict[str, Any] | JSONResponse:
+        """Readiness: the generation workers run."""
+        current = gateway_of(request)
+        if not current.backend.ready():
+            return APIError(503, "The model workers are not running.", OVERLOADED, None, "not_ready").response()
+        waiting, running = current.backend.load()
+        return {"status": "ready", "model": current.backend.model_id, "waiting": waiting, "running": running}
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics (admin key, since per-forget-set counts would tell users they were flagged)."""
+        current = gateway_of(request)
+        current.keys.check_admin(request)
+        return Response(current.metrics.render(), media_type=current.metrics.content_type)
+
+    # The last added is the outermost: metrics see the body limit's 413s too.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=gateway.settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=gateway.metrics)
+    return app

@@ -1,0 +1,261 @@
+"""Where generations run: the ``Backend`` protocol the routes talk to, and the local implementation.
+
+Request parsing, unlearning routing, errors, metrics and the audit log sit above this layer and
+only need ``backend.embedder`` (tokenizer, chat template, embedding matrix). A backend gets a
+rendered prompt, the intervention plan (``None`` for unflagged requests, which must be served
+exactly as the base model serves them) and sampling parameters.
+
+``LocalBackend`` runs a ``LanguageModel`` in-process behind a ``MicroBatcher``; a proxy backend
+(issue 6) will forward to a remote upstream with prompt embeddings for flagged requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from runtime.embedder import PromptEmbedder
+from runtime.generation import SamplingParams, StepEvent
+from runtime.interventions import InterventionPlan
+from runtime.model import LanguageModel, PromptLogprobs
+from runtime.prompt import TemplatedPrompt
+from service.batcher import MicroBatcher, Overloaded
+
+
+@dataclass(frozen=True)
+class BackendRequest:
+    """One generation: a rendered prompt, or client-supplied embeddings, with an optional plan."""
+
+    prompt: TemplatedPrompt
+    params: SamplingParams
+    plan: InterventionPlan | None = None
+    embeds: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of streamed output; the last one has ``finished`` and a finish reason."""
+
+    text: str
+    finished: bool = False
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole generated completion."""
+
+    text: str
+    finish_reason: str
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """An entry of ``GET /v1/models``."""
+
+    id: str
+    created: int
+    owned_by: str = "lethe"
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the routes need from a model server, local or remote."""
+
+    @property
+    def embedder(self) -> PromptEmbedder:
+        """Tokenizer, chat template and embedding matrix of the served model."""
+        ...
+
+    @property
+    def model_id(self) -> str:
+        """The model name clients send."""
+        ...
+
+    @property
+    def context_length(self) -> int | None:
+        """Most positions the model handles, if known."""
+        ...
+
+    def models(self) -> list[ModelCard]:
+        """Served models."""
+        ...
+
+    def stream(self, request: BackendRequest) -> AsyncIterator[Delta]:
+        """Text deltas of one generation (raises ``Overloaded`` at the first step when full)."""
+        ...
+
+    async def generate(self, request: BackendRequest) -> Completion:
+        """One whole generation."""
+        ...
+
+    async def prompt_logprobs(
+        self, prompt_ids: Sequence[int], plan: InterventionPlan | None, top_n: int
+    ) -> PromptLogprobs:
+        """Log-probability of each prompt token given the ones before (echo scoring)."""
+        ...
+
+    def load(self) -> tuple[int, int]:
+        """``(waiting, running)`` generations."""
+        ...
+
+    def ready(self) -> bool:
+        """True when requests can be served."""
+        ...
+
+    def local_model(self) -> LanguageModel | None:
+        """The in-process model (for training jobs), if this backend has one."""
+        ...
+
+    def start(self) -> None:
+        """Start background workers."""
+        ...
+
+    def close(self) -> None:
+        """Stop background workers."""
+        ...
+
+
+class LocalBackend:
+    """A ``LanguageModel`` in this process: micro-batched generation, scoring on a thread pool."""
+
+    def __init__(
+        self,
+        model: LanguageModel,
+        max_batch_size: int = 8,
+        batch_window_s: float = 0.005,
+        max_pending: int = 64,
+        decode_workers: int = 2,
+        scoring_threads: int = 2,
+        on_batch: Callable[[int], None] | None = None,
+    ):
+        self.model = model
+        self.batcher = MicroBatcher(
+            model.decode_steps, max_batch_size, batch_window_s, max_pending, decode_workers, on_batch
+        )
+        self._scoring = ThreadPoolExecutor(max_workers=max(1, scoring_threads), thread_name_prefix="lethe-score")
+        self._scoring_inflight = 0
+        self._max_pending = max_pending
+        self._created = int(time.time())
+
+    @property
+    def embedder(self) -> PromptEmbedder:
+        """The model's embedder."""
+        return self.model.embedder
+
+    @property
+    def model_id(self) -> str:
+        """The name the model was loaded under."""
+        return self.model.name
+
+    @property
+    def context_length(self) -> int | None:
+        """``max_position_embeddings`` of the model config."""
+        value = self.model.embedder.config.get("max_position_embeddings")
+        return int(value) if value else None
+
+    def models(self) -> list[ModelCard]:
+        """The one local model."""
+        return [ModelCard(self.model_id, self._created)]
+
+    def start(self) -> None:
+        """Start the decoding workers."""
+        self.batcher.start()
+
+    def close(self) -> None:
+        """Stop the decoding workers and the scoring pool."""
+        self.batcher.stop()
+        self._scoring.shutdown(wait=False, cancel_futures=True)
+
+    def ready(self) -> bool:
+        """True while the decoding workers run."""
+        return self.batcher.alive
+
+    def load(self) -> tuple[int, int]:
+        """Waiting and running generations (plus scoring requests in flight)."""
+        return self.batcher.pending, self.batcher.running + self._scoring_inflight
+
+    def local_model(self) -> LanguageModel:
+        """The served model."""
+        return self.model
+
+    def _embeddings(self, request: BackendRequest) -> torch.Tensor:
+        source = request.embeds if request.embeds is not None else request.prompt
+        return self.model.prompt_embeddings(source, request.plan)
+
+    async def stream(self, request: BackendRequest) -> AsyncIterator[Delta]:
+        """Submit to the batcher and relay its events from the worker thread to this event loop."""
+        embeds = self._embeddings(request)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[StepEvent | BaseException] = asyncio.Queue()
+
+        def sink(item: StepEvent | BaseException) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+
+        handle = self.batcher.submit(embeds, request.params, sink)
+        produced = 0
+        try:
+            while True:
+                item = await events.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item.token_id is not None:
+                    produced += 1
+                yield Delta(item.delta, item.finished, item.finish_reason, produced)
+                if item.finished:
+                    return
+        finally:
+            handle.cancel()
+
+    async def generate(self, request: BackendRequest) -> Completion:
+        """One whole completion; text is gathered on the worker thread, the event loop wakes once."""
+        embeds = self._embeddings(request)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Completion] = loop.create_future()
+        parts: list[str] = []
+        produced = 0
+
+        def settle(value: Completion | BaseException) -> None:
+            if done.done():
+                return
+            if isinstance(value, BaseException):
+                done.set_exception(value)
+            else:
+                done.set_result(value)
+
+        def sink(item: StepEvent | BaseException) -> None:
+            nonlocal produced
+            if isinstance(item, BaseException):
+                loop.call_soon_threadsafe(settle, item)
+                return
+            parts.append(item.delta)
+            produced += item.token_id is not None
+            if item.finished:
+                loop.call_soon_threadsafe(settle, Completion("".join(parts), item.finish_reason or "stop", produced))
+
+        handle = self.batcher.submit(embeds, request.params, sink)
+        try:
+            return await done
+        finally:
+            handle.cancel()
+
+    async def prompt_logprobs(
+        self, prompt_ids: Sequence[int], plan: InterventionPlan | None, top_n: int
+    ) -> PromptLogprobs:
+        """``LanguageModel.prompt_logprobs`` on the scoring pool (bounded like the generation queue)."""
+        if self._scoring_inflight >= self._max_pending:
+            raise Overloaded("too many scoring requests in flight")
+        self._scoring_inflight += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._scoring, self.model.prompt_logprobs, list(prompt_ids), plan, top_n)
+        finally:
+            self._scoring_inflight -= 1

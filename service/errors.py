@@ -1,0 +1,152 @@
+"""OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}`` for every failure.
+
+Messages never quote request content: they name the parameter and the rule it broke.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("lethe.service")
+
+INVALID_REQUEST = "invalid_request_error"
+AUTHENTICATION = "authentication_error"
+PERMISSION = "permission_error"
+NOT_FOUND = "not_found_error"
+CONFLICT = "conflict_error"
+SERVER = "server_error"
+OVERLOADED = "overloaded_error"
+
+
+class APIError(Exception):
+    """An error the client sees as an OpenAI error body with ``status``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = INVALID_REQUEST,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body of this error."""
+        return error_body(self.message, self.type, self.param, self.code)
+
+    def response(self) -> JSONResponse:
+        """This error as a response."""
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """``{"error": {...}}`` as OpenAI writes it."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    """A 400 ``invalid_request_error``."""
+    return APIError(400, message, INVALID_REQUEST, param, code)
+
+
+def not_found(message: str, param: str | None = None, code: str = "not_found") -> APIError:
+    """A 404."""
+    return APIError(404, message, NOT_FOUND if code == "not_found" else INVALID_REQUEST, param, code)
+
+
+def unsupported(param: str, detail: str | None = None) -> APIError:
+    """A 400 naming an OpenAI parameter (or value) this server does not implement."""
+    message = f"Unsupported parameter: '{param}'" + (f" ({detail})" if detail else "") + " is not supported here."
+    return APIError(400, message, INVALID_REQUEST, param, "unsupported_parameter")
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def from_validation_error(exc: ValidationError | RequestValidationError) -> APIError:
+    """The first pydantic error as a 400 that names the parameter, without echoing the input."""
+    errors = exc.errors()
+    if not errors:
+        return bad_request("Invalid request body.")
+    first = errors[0]
+    loc = tuple(x for x in first.get("loc", ()) if x not in ("body",))
+    # Union members show up in ``loc`` as type names; keep only the field path.
+    loc = tuple(x for x in loc if not (isinstance(x, str) and ("[" in x or x in _TYPE_TAGS)))
+    param = _location(loc) or None
+    kind = first.get("type", "")
+    if kind == "extra_forbidden":
+        return APIError(400, f"Unsupported parameter: '{param}'.", INVALID_REQUEST, param, "unsupported_parameter")
+    if kind == "missing":
+        return APIError(400, f"Missing required parameter: '{param}'.", INVALID_REQUEST, param, "missing_parameter")
+    message = str(first.get("msg", "invalid value"))
+    where = f"'{param}'" if param else "the request body"
+    return APIError(400, f"Invalid value for {where}: {message}.", INVALID_REQUEST, param, "invalid_value")
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "function-after", "function-before", "function-wrap"}
+
+
+_STATUS_TYPES = {
+    400: (INVALID_REQUEST, None),
+    401: (AUTHENTICATION, "invalid_api_key"),
+    403: (PERMISSION, "forbidden"),
+    404: (NOT_FOUND, "not_found"),
+    405: (INVALID_REQUEST, "method_not_allowed"),
+    409: (CONFLICT, "conflict"),
+    413: (INVALID_REQUEST, "request_too_large"),
+    415: (INVALID_REQUEST, "unsupported_media_type"),
+    429: (OVERLOADED, "rate_limited"),
+    503: (OVERLOADED, "overloaded"),
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error (ours, routing, validation, crashes) as an OpenAI error body."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return from_validation_error(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind, code = _STATUS_TYPES.get(exc.status_code, (INVALID_REQUEST if exc.status_code < 500 else SERVER, None))
+        if exc.status_code == 404:
+            message = f"Unknown route: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"Method {request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return APIError(exc.status_code, message, kind, None, code, dict(exc.headers or {})).response()
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        # Only the exception type at error level: a message could quote request content.
+        logger.error("internal error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        logger.debug("internal error details", exc_info=exc)
+        return APIError(500, "The server had an internal error.", SERVER, None, "internal_error").response()

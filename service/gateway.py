@@ -1,0 +1,111 @@
+"""The gateway's parts wired together: backend, router, forget sets, pipeline, keys, metrics, audit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from runtime.artifact import ForgetSetArtifact
+from runtime.model import LanguageModel
+from runtime.settings import LetheSettings
+from runtime.unlearning import ForgetSetRouter
+from service.audit import AuditLog
+from service.auth import KeyChecker
+from service.backend import Backend, LocalBackend
+from service.forget_sets import ForgetSetManager
+from service.inference import InferencePipeline
+from service.metrics import GatewayMetrics
+from service.registry import Registry
+
+AUDIT_FILE = "audit.jsonl"
+
+
+@dataclass
+class Gateway:
+    """Everything a request handler needs."""
+
+    settings: LetheSettings
+    backend: Backend
+    router: ForgetSetRouter
+    forget_sets: ForgetSetManager
+    pipeline: InferencePipeline
+    keys: KeyChecker
+    metrics: GatewayMetrics
+    audit: AuditLog
+    startup_artifacts: list[tuple[ForgetSetArtifact, str]] = field(default_factory=list)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("lethe.service"))
+
+    def start(self) -> None:
+        """Recover the registry, load forget sets, start the workers (before the first request)."""
+        self.forget_sets.start(self.startup_artifacts)
+        self.startup_artifacts = []
+        self.backend.start()
+        self.metrics.forget_sets_live.set_function(lambda: len(self.router.active))
+        for state in ("queued", "running", "succeeded", "failed", "cancelled"):
+            self.metrics.jobs.labels(state).set_function(
+                lambda state=state: len(self.forget_sets.registry.list_jobs((state,)))
+            )
+
+    def stop(self) -> None:
+        """Stop workers and close files."""
+        self.forget_sets.stop()
+        self.backend.close()
+        self.pipeline.close()
+        self.audit.close()
+        self.forget_sets.registry.close()
+
+
+def build_gateway(
+    settings: LetheSettings,
+    backend: Backend,
+    startup_artifacts: Iterable[tuple[ForgetSetArtifact, str]] = (),
+) -> Gateway:
+    """Assemble a gateway around ``backend`` with the registry under ``settings.registry``.
+
+    ``startup_artifacts`` are ``(artifact, source)`` pairs (``--forget-set`` folders, a demo
+    forget set...) copied into the registry and enabled at start, unless their id is already
+    registered.
+    """
+    metrics = GatewayMetrics()
+    registry = Registry(settings.registry)
+    audit = AuditLog(registry.root / AUDIT_FILE)
+    router = ForgetSetRouter()
+    model = backend.local_model
+    manager = ForgetSetManager(registry, router, backend.embedder, model, audit)
+    pipeline = InferencePipeline(backend, router, settings, metrics, audit, threads=max(1, settings.max_concurrency))
+    keys = KeyChecker.from_strings(settings.api_key_list, settings.admin_key or None)
+    gateway = Gateway(
+        settings,
+        backend,
+        router,
+        manager,
+        pipeline,
+        keys,
+        metrics,
+        audit,
+        list(startup_artifacts),
+    )
+    metrics.bind_gauges(lambda: backend.load()[0], lambda: backend.load()[1])
+    if isinstance(backend, LocalBackend):
+        backend.batcher.on_batch = metrics.batch_size.observe
+    return gateway
+
+
+def local_backend(model: LanguageModel, settings: LetheSettings) -> LocalBackend:
+    """A ``LocalBackend`` sized from settings."""
+    return LocalBackend(
+        model,
+        max_batch_size=settings.max_batch_size,
+        batch_window_s=settings.batch_window_ms / 1000.0,
+        max_pending=settings.max_queue_depth,
+        decode_workers=settings.decode_workers,
+        scoring_threads=max(1, settings.max_concurrency),
+    )
+
+
+def gateway_of(request: Request) -> Gateway:
+    """The gateway serving this request."""
+    return request.app.state.gateway

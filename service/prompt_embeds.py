@@ -1,0 +1,98 @@
+"""vLLM-style ``prompt_embeds`` input: decode, load safely, validate, and recover tokens to classify.
+
+An uploaded tensor is base64 of ``torch.save``. It is read with ``weights_only=True`` under
+sparse-invariant checks, then refused unless it is a dense, finite, floating 2-D tensor of the
+model's width and a bounded length (malformed sparse tensors were a remote exploit in vLLM,
+CVE-2025-62164).
+
+Embeddings carry no text, yet a client could embed a forgotten question itself to slip past
+the scope classifier. So each row is mapped to its nearest token of the embedding matrix and
+the recovered text is classified like any prompt (rows that were real token embeddings are
+recovered exactly; far-off-manifold rows are a known limit of this check).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+
+import torch
+
+from runtime.embedder import PromptEmbedder
+from runtime.prompt import MessageSpan, TemplatedPrompt
+from service.errors import bad_request
+
+ALLOWED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Uploads saved with the default pickle protocol trigger this warning on every request.
+warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+
+
+def _invalid(reason: str) -> Exception:
+    return bad_request(f"Invalid 'prompt_embeds': {reason}.", "prompt_embeds", "invalid_prompt_embeds")
+
+
+def decode_prompt_embeds(encoded: str, hidden_size: int, max_tokens: int, dtype: torch.dtype) -> torch.Tensor:
+    """Base64 of ``torch.save(tensor)`` to a validated ``(seq_len, hidden_size)`` tensor of ``dtype``."""
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise _invalid("not valid base64") from None
+    if not raw:
+        raise _invalid("empty")
+    try:
+        with torch.sparse.check_sparse_tensor_invariants():
+            value = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception:  # untrusted bytes: any failure to unpickle means the input is invalid
+        raise _invalid("not a tensor saved with torch.save (only plain tensors are accepted)") from None
+    return validate_embeddings(value, hidden_size, max_tokens, dtype)
+
+
+def validate_embeddings(value: object, hidden_size: int, max_tokens: int, dtype: torch.dtype) -> torch.Tensor:
+    """Refuse anything but a dense, finite, floating ``(1..max_tokens, hidden_size)`` CPU tensor."""
+    if not isinstance(value, torch.Tensor):
+        raise _invalid(f"expected a tensor, got {type(value).__name__}")
+    if value.layout != torch.strided or value.is_sparse or value.is_nested or value.is_quantized:
+        raise _invalid("only dense (strided) tensors are accepted")
+    if value.device.type != "cpu":
+        raise _invalid("the tensor must be on the CPU")
+    if value.dtype not in ALLOWED_DTYPES:
+        raise _invalid(f"dtype {str(value.dtype).removeprefix('torch.')} is not one of float32, float16, bfloat16")
+    if value.dim() != 2:
+        raise _invalid(f"expected shape (seq_len, {hidden_size}), got {value.dim()} dimensions")
+    length, width = value.shape
+    if width != hidden_size:
+        raise _invalid(f"width {width} does not match the model's hidden size {hidden_size}")
+    if not 1 <= length <= max_tokens:
+        raise _invalid(f"length {length} is outside 1..{max_tokens}")
+    tensor = value.detach().to(dtype).contiguous().clone()
+    if not bool(torch.isfinite(tensor).all()):
+        raise _invalid("it holds NaN or infinite values")
+    return tensor
+
+
+def nearest_token_ids(embedder: PromptEmbedder, embeds: torch.Tensor, chunk: int = 256) -> list[int]:
+    """Id of the embedding-matrix row nearest (L2) to each input row."""
+    weight = embedder.embedding_weight.detach().float()
+    squared = (weight * weight).sum(-1)
+    ids: list[int] = []
+    for start in range(0, embeds.shape[0], chunk):
+        rows = embeds[start : start + chunk].float()
+        # ||e - w||^2 = ||e||^2 - 2 e.w + ||w||^2; ||e||^2 is the same for every w.
+        distance = squared.unsqueeze(0) - 2.0 * rows @ weight.T
+        ids.extend(int(i) for i in distance.argmin(-1))
+    return ids
+
+
+def prompt_from_ids(embedder: PromptEmbedder, ids: list[int] | tuple[int, ...]) -> TemplatedPrompt:
+    """A prompt over given token ids whose text is their token strings joined (one user message)."""
+    pieces = embedder.token_strings(ids)
+    offsets: list[tuple[int, int]] = []
+    cursor = 0
+    for piece in pieces:
+        offsets.append((cursor, cursor + len(piece)))
+        cursor += len(piece)
+    text = "".join(pieces)
+    message = MessageSpan("user", 0, len(text), 0, len(ids))
+    return TemplatedPrompt(text=text, ids=tuple(int(i) for i in ids), offsets=tuple(offsets), messages=(message,))

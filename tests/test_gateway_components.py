@@ -1,0 +1,211 @@
+"""Gateway parts on their own, with real components: the SQLite registry and the micro-batcher."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime.generation import SamplingParams, StepEvent
+from runtime.model import LanguageModel
+from service.batcher import MicroBatcher, Overloaded
+from service.registry import INTERRUPTED, Registry
+
+
+def test_registry_records_survive_reopening_and_interrupted_jobs_become_failed(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    record, job = registry.create_training("fs-aaaaaaaaaaaa", "a", "eco", "job-1", {"eco": {"grid": 3}})
+    assert record.state == "training" and not record.enabled and job.state == "queued"
+    registry.create_training("fs-bbbbbbbbbbbb", "b", "spul", "job-2", {})
+    assert registry.job_started("job-1") and not registry.job_started("job-1")
+    registry.job_progress("job-1", 0.4, "search")
+    registry.close()
+
+    reopened = Registry(tmp_path)
+    assert reopened.get_job("job-1").progress == pytest.approx(0.4)
+    assert sorted(reopened.recover_interrupted()) == ["job-1", "job-2"]
+    for job_id, forget_set_id in (("job-1", "fs-aaaaaaaaaaaa"), ("job-2", "fs-bbbbbbbbbbbb")):
+        job = reopened.get_job(job_id)
+        assert job.state == "failed" and job.error == INTERRUPTED and job.finished
+        record = reopened.get_forget_set(forget_set_id)
+        assert record.state == "failed" and not record.enabled
+    assert reopened.recover_interrupted() == []
+    assert reopened.get_job("job-1").options == {"eco": {"grid": 3}}
+
+
+def test_a_job_finishing_after_its_forget_set_was_deleted_changes_nothing(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    registry.create_training("fs-cccccccccccc", "c", "eco", "job-3", {})
+    registry.job_started("job-3")
+    assert registry.delete_forget_set("fs-cccccccccccc")
+    assert not registry.job_succeeded("job-3", "fs-cccccccccccc", {"x": 1})
+    assert registry.get_job("job-3").state == "cancelled"
+    assert registry.get_forget_set("fs-cccccccccccc") is None
+
+    registry.create_training("fs-dddddddddddd", "d", "eco", "job-4", {})
+    registry.job_started("job-4")
+    assert registry.job_succeeded("job-4", "fs-dddddddddddd", {"forget_quality": 0.5})
+    record = registry.get_forget_set("fs-dddddddddddd")
+    assert record.state == "ready" and record.enabled and record.metrics == {"forget_quality": 0.5}
+    registry.job_ended("job-4", "failed", "too late")  # a finished job stays finished
+    assert registry.get_job("job-4").state == "succeeded"
+
+
+def test_debris_is_collected_and_only_ready_folders_stay(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    registry.create_training("fs-eeeeeeeeeeee", "e", "eco", "job-5", {})
+    registry.job_started("job-5")
+    for name in ("fs-eeeeeeeeeeee", "fs-ffffffffffff", ".fs-eeeeeeeeeeee-staging", ".deleted-fs-x-1234"):
+        (registry.artifacts / name).mkdir()
+        (registry.artifacts / name / "manifest.json").write_text("{}")
+    registry.insert_ready("fs-ffffffffffff", "f", "eco", {}, "cli")
+    assert sorted(registry.collect_debris()) == [".deleted-fs-x-1234", ".fs-eeeeeeeeeeee-staging", "fs-eeeeeeeeeeee"]
+    assert [p.name for p in registry.artifacts.iterdir()] == ["fs-ffffffffffff"]
+    assert registry.set_enabled("fs-ffffffffffff", False).enabled is False
+    assert registry.set_enabled("fs-nope00000000", True) is None
+
+
+def _collect(batcher: MicroBatcher, embeds, params, results: dict, key: int, done: threading.Event) -> None:
+    parts: list[str] = []
+
+    def sink(item: StepEvent | BaseException) -> None:
+        if isinstance(item, BaseException):
+            results[key] = item
+            done.set()
+            return
+        parts.append(item.delta)
+        if item.finished:
+            results[key] = "".join(parts)
+            if len(results) == results["expected"]:
+                done.set()
+
+    batcher.submit(embeds, params, sink)
+
+
+def test_the_batcher_batches_waiting_requests_and_each_row_equals_its_own_generation(
+    tiny_full: LanguageModel,
+) -> None:
+    from benchmarks.authors_world import WorldConfig, build_world
+
+    questions = [r["prompt"] for r in build_world(WorldConfig.test()).rows("retain")[:5]]
+    prompts = [tiny_full.chat_prompt([{"role": "user", "content": q}]) for q in questions]
+    params = [
+        SamplingParams(max_new_tokens=4),
+        SamplingParams(max_new_tokens=16),
+        SamplingParams(max_new_tokens=4),
+        SamplingParams(max_new_tokens=16, temperature=1.0, seed=3),
+        SamplingParams(max_new_tokens=0),
+    ]
+    gate = threading.Event()
+
+    def gated_steps(embeds, sampling):  # the real decoder; the first batch waits until all are queued
+        gate.wait(30)
+        yield from tiny_full.decode_steps(embeds, sampling)
+
+    sizes: list[int] = []
+    batcher = MicroBatcher(gated_steps, max_batch_size=8, window_s=0.05, max_pending=8, on_batch=sizes.append)
+    batcher.start()
+    try:
+        results: dict = {"expected": len(prompts) + 1}
+        done = threading.Event()
+        _collect(batcher, tiny_full.prompt_embeddings(prompts[0]), params[0], results, 0, done)
+        deadline = time.monotonic() + 10
+        while batcher.running == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        for key in range(1, len(prompts)):
+            _collect(batcher, tiny_full.prompt_embeddings(prompts[key]), params[key], results, key, done)
+        gate.set()
+        assert done.wait(60)
+    finally:
+        gate.set()
+        batcher.stop()
+    assert sizes == [1, 4]
+    for key, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+        assert results[key] == tiny_full.generate(prompt, p).text
+
+
+def test_the_batcher_refuses_work_beyond_its_queue(tiny_full: LanguageModel) -> None:
+    prompt = tiny_full.chat_prompt([{"role": "user", "content": "Tell me a story."}])
+    embeds = tiny_full.prompt_embeddings(prompt)
+    params = SamplingParams(max_new_tokens=8)
+    gate = threading.Event()
+
+    def gated_steps(prompts, sampling):  # the real decoder, held until the queue is full
+        gate.wait(30)
+        yield from tiny_full.decode_steps(prompts, sampling)
+
+    batcher = MicroBatcher(gated_steps, max_batch_size=1, window_s=0.0, max_pending=1)
+    with pytest.raises(Overloaded):
+        batcher.submit(embeds, params, lambda item: None)  # not started yet
+    batcher.start()
+    finished: list[str] = []
+
+    def sink(item: StepEvent | BaseException) -> None:
+        if isinstance(item, StepEvent) and item.finished:
+            finished.append(item.finish_reason or "")
+
+    try:
+        batcher.submit(embeds, params, sink)
+        deadline = time.monotonic() + 10
+        while batcher.running == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert batcher.running == 1 and batcher.pending == 0
+        batcher.submit(embeds, params, sink)
+        assert batcher.pending == 1
+        with pytest.raises(Overloaded):
+            batcher.submit(embeds, params, sink)
+        gate.set()
+        deadline = time.monotonic() + 30
+        while len(finished) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(finished) == 2
+        batcher.submit(embeds, params, sink)  # room again
+    finally:
+        gate.set()
+        batcher.stop()
+
+
+def test_a_lone_stream_stays_on_the_first_worker_and_a_busy_one_gets_help(tiny_full: LanguageModel) -> None:
+    prompt = tiny_full.chat_prompt([{"role": "user", "content": "Hello there."}])
+    embeds = tiny_full.prompt_embeddings(prompt)
+    params = SamplingParams(max_new_tokens=4)
+    threads: list[str] = []
+    gate = threading.Event()
+    gate.set()
+
+    def recording_steps(prompts, sampling):  # the real decoder, noting which worker runs it
+        threads.append(threading.current_thread().name)
+        gate.wait(30)
+        yield from tiny_full.decode_steps(prompts, sampling)
+
+    batcher = MicroBatcher(recording_steps, max_batch_size=8, window_s=0.0, max_pending=8, workers=2)
+    batcher.start()
+
+    def run_one() -> threading.Event:
+        finished = threading.Event()
+        batcher.submit(embeds, params, lambda item: finished.set() if getattr(item, "finished", True) else None)
+        return finished
+
+    def wait_for_threads(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(threads) < count and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    try:
+        for _ in range(6):
+            assert run_one().wait(30)
+        assert threads == ["lethe-decode-0"] * 6
+        threads.clear()
+        gate.clear()  # worker 0 is now stuck in a long batch...
+        held = run_one()
+        wait_for_threads(1)
+        second = run_one()  # ...so the next request starts on worker 1 instead of waiting
+        wait_for_threads(2)
+        assert threads == ["lethe-decode-0", "lethe-decode-1"]
+        gate.set()
+        assert held.wait(30) and second.wait(30)
+    finally:
+        gate.set()
+        batcher.stop()
