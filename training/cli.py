@@ -1,0 +1,112 @@
+"""``lethe train``: train a forget set from JSONL files and write its artifact."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from training.data import TrainingDataError, load_rows
+
+TICKS = 1000
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``lethe train``."""
+    train = commands.add_parser(
+        "train", help="train a forget set (scope classifier + ECO and/or SPUL) and write its artifact"
+    )
+    train.add_argument("--model", default=None, help="built-in name, HF folder or .gguf file (LETHE_MODEL)")
+    train.add_argument("--forget", required=True, type=Path, help='JSONL of {"prompt", "completion"} rows to forget')
+    train.add_argument("--retain", type=Path, default=None, help="JSONL of rows whose answers must not change")
+    train.add_argument("--method", choices=["eco", "spul", "eco+spul"], default="eco")
+    train.add_argument("--out", required=True, type=Path, help="artifact folder to write (must not exist)")
+    train.add_argument("--name", default=None, help="forget-set name (default: the forget file's stem)")
+    train.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    train.add_argument("--id", dest="forget_set_id", default=None, help="forget-set id (default: a fresh one)")
+    train.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE",
+        help="training option, e.g. eco.rounds=2 or spul.optimizer=zo (value parsed as JSON when it can be)",
+    )  # fmt: skip
+    train.add_argument("--options", default=None, help="training options as a JSON object")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --out")
+    train.set_defaults(handler=_train)
+
+
+def parse_options(pairs: list[str], blob: str | None) -> dict[str, Any]:
+    """Merge ``--options`` JSON and ``--option key=value`` pairs (pairs win)."""
+    options: dict[str, Any] = {}
+    if blob:
+        try:
+            loaded = json.loads(blob)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--options is not valid JSON: {exc.msg}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError("--options must be a JSON object")
+        options.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        options[key.strip()] = value
+    return options
+
+
+def _train(args: argparse.Namespace) -> int:
+    from runtime.model import LanguageModel
+    from service.cli import settings_from_args
+    from training.trainer import TrainConfig, train_forget_set
+
+    options = parse_options(args.option, args.options)
+    if args.seed is not None:
+        options["seed"] = args.seed
+    config = TrainConfig.from_options(args.method, options)
+    forget = load_rows(args.forget)
+    retain = load_rows(args.retain, required=False) if args.retain is not None else None
+    if args.out.exists() and not args.overwrite:
+        raise TrainingDataError(f"{args.out} already exists (use --overwrite to replace it)")
+    settings = settings_from_args(args, model=args.model)
+    model = LanguageModel.load(settings.model, settings, progress=True)
+    name = args.name or args.forget.stem
+    artifact = train_forget_set(
+        model, name, forget, retain, config, progress=_progress_bar(), forget_set_id=args.forget_set_id
+    )
+    artifact.save(args.out)
+    print(json.dumps(_summary(artifact.manifest.metrics, artifact.id, args.out), indent=2))
+    return 0
+
+
+def _progress_bar() -> Any:
+    from tqdm import tqdm
+
+    bar = tqdm(total=TICKS, desc="training", unit="‰", file=sys.stderr, leave=True)
+    state = {"ticks": 0}
+
+    def update(fraction: float, message: str) -> None:
+        ticks = min(TICKS, round(fraction * TICKS))
+        if ticks > state["ticks"]:
+            bar.update(ticks - state["ticks"])
+            state["ticks"] = ticks
+        bar.set_description(message, refresh=False)
+        if ticks >= TICKS:
+            bar.close()
+
+    return update
+
+
+def _summary(metrics: dict[str, Any], forget_set_id: str, folder: Path) -> dict[str, Any]:
+    summary: dict[str, Any] = {"id": forget_set_id, "folder": str(folder)}
+    for moment in ("before", "after"):
+        for split, figures in metrics.get(moment, {}).items():
+            for key in ("answer_probability", "truth_ratio"):
+                summary[f"{moment}.{split}.{key}"] = figures.get(key)
+    for key in ("flag_rate", "wall_time_s", "forward_passes"):
+        if key in metrics:
+            summary[key] = metrics[key]
+    return summary

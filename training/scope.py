@@ -1,0 +1,47 @@
+"""What the trainer needs from the scope classifier: token-mode variants and per-prompt spans.
+
+Spans come from ``classify_messages`` itself, through a view of the classifier that flags every
+prompt, so a training prompt gets exactly the spans the gateway would give it once flagged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from runtime.artifact import TokenMode
+from runtime.prompt import CharSpan
+
+if TYPE_CHECKING:
+    from classifier import ScopeClassifier
+
+_VIEW_ID = "training-view"
+
+
+def with_token_mode(classifier: ScopeClassifier, token_mode: TokenMode) -> ScopeClassifier:
+    """The same classifier (weights, threshold, calibration) selecting tokens in ``token_mode``."""
+    from classifier import ScopeClassifier
+
+    if classifier.config.token_mode == token_mode:
+        return classifier
+    config = dataclasses.replace(classifier.config, token_mode=token_mode)
+    return ScopeClassifier(
+        config, classifier.scorer, classifier.entities, classifier.calibration(), classifier.featurizer
+    )
+
+
+def _flag_everything(classifier: ScopeClassifier) -> ScopeClassifier:
+    from classifier import ScopeClassifier
+
+    calibration = {**classifier.calibration(), "threshold": float("-inf")}
+    return ScopeClassifier(
+        classifier.config, classifier.scorer, classifier.entities, calibration, classifier.featurizer
+    )
+
+
+def flagged_spans(classifier: ScopeClassifier, messages: list[dict[str, str]]) -> list[list[CharSpan]]:
+    """Per-message spans the classifier selects for ``messages`` if they are flagged."""
+    from classifier import classify_messages
+
+    flags = classify_messages({_VIEW_ID: _flag_everything(classifier)}, messages)
+    return flags[0].spans if flags else [[] for _ in messages]

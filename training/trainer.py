@@ -1,0 +1,312 @@
+"""``train_forget_set``: scope classifier, ECO and/or SPUL, before/after figures, one artifact.
+
+The base model's weights never change. Candidates are evaluated through
+``runtime.forget_set.plan_for_flag`` (see ``training.candidates``), and the after-figures through
+``ForgetSetRouter``: the classifier decides, per prompt, whether the learned interventions apply,
+exactly as in the gateway.
+
+Noise seeds while training are derived from a fixed training id (``lethe-train-<seed>``), so the
+learned tensors do not depend on the artifact's id; the after-figures use the real id, whose
+noise the optimizer never saw.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from runtime.artifact import (
+    BaseModelInfo,
+    ForgetSetArtifact,
+    ForgetSetManifest,
+    ForgetSetParameters,
+    Method,
+    new_forget_set_id,
+    utc_now,
+    validate_id,
+)
+from runtime.model import LanguageModel
+from runtime.unlearning import ForgetSetRouter
+from training.candidates import CandidateFactory
+from training.data import ForgetRow, TrainingDataError, TrainingError, parse_rows
+from training.eco import EcoConfig, train_eco
+from training.metrics import EvalTarget, RowScores, render_question, score_rows, split_summary, through_router
+from training.progress import ProgressTracker, TrainingCancelled
+from training.samples import prepare_samples
+from training.scope import with_token_mode
+from training.spul import SpulConfig, train_spul
+
+if TYPE_CHECKING:
+    from classifier import ClassifierConfig, ScopeClassifier
+
+__all__ = ["TrainConfig", "TrainingCancelled", "TrainingError", "train_forget_set"]
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run can be told; unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Method = "eco"
+    seed: int = 0
+    wrong_answers: int = Field(default=3, ge=1, description="wrong answers per question for the surrogate target")
+    eco: EcoConfig = Field(default_factory=EcoConfig)
+    spul: SpulConfig = Field(default_factory=SpulConfig)
+    classifier: dict[str, Any] = Field(default_factory=dict, description="ClassifierConfig fields")
+    evaluate: bool = Field(default=True, description="measure before/after figures into the manifest")
+    eval_request_seed: int = 0
+
+    @field_validator("classifier")
+    @classmethod
+    def _check_classifier(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from classifier import ClassifierConfig
+
+        known = set(ClassifierConfig.__dataclass_fields__)
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown classifier option(s) {unknown}; known: {sorted(known)}")
+        ClassifierConfig(**value)
+        return value
+
+    def classifier_config(self) -> ClassifierConfig:
+        """The scope classifier's configuration (seeded by the run's seed unless set)."""
+        from classifier import ClassifierConfig
+
+        return ClassifierConfig(**{"seed": self.seed, **self.classifier})
+
+    @classmethod
+    def from_options(cls, method: str, options: Mapping[str, Any] | None = None) -> TrainConfig:
+        """Build from a method and user options (nested dicts or dotted keys like ``"eco.rounds"``)."""
+        nested = _nest(dict(options or {}))
+        if "method" in nested and nested["method"] != method:
+            raise ValueError(f"options name method {nested['method']!r} but the method is {method!r}")
+        try:
+            return cls.model_validate({**nested, "method": method})
+        except ValidationError as exc:
+            raise ValueError(_explain(exc)) from None
+
+
+def _nest(options: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in options.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"option names must be non-empty strings, got {key!r}")
+        *parents, leaf = key.split(".")
+        target = nested
+        for part in parents:
+            child = target.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"option {key!r} conflicts with option {part!r}")
+            target = child
+        if isinstance(value, dict) and isinstance(target.get(leaf), dict):
+            target[leaf].update(value)
+        else:
+            target[leaf] = value
+    return nested
+
+
+def _known(model: type[BaseModel], path: Sequence[str]) -> list[str]:
+    for part in path:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def _explain(error: ValidationError) -> str:
+    messages = []
+    for item in error.errors():
+        loc = [str(p) for p in item["loc"]]
+        name = ".".join(loc) or "options"
+        if item["type"] == "extra_forbidden":
+            known = _known(TrainConfig, loc[:-1])
+            messages.append(f"unknown option {name!r}" + (f" (known: {', '.join(known)})" if known else ""))
+        else:
+            messages.append(f"option {name!r}: {item['msg']}")
+    return "; ".join(messages)
+
+
+def _as_rows(rows: Sequence[ForgetRow | Mapping[str, Any]] | None, source: str, required: bool) -> list[ForgetRow]:
+    if rows is None:
+        if required:
+            raise TrainingDataError(f"{source} rows are required")
+        return []
+    if isinstance(rows, str | bytes) or not isinstance(rows, Sequence):
+        raise TrainingDataError(f"{source} must be a list of rows, got {type(rows).__name__}")
+    items = [r.model_dump() if isinstance(r, ForgetRow) else r for r in rows]
+    return parse_rows(items, source, required=required)
+
+
+def check_model(model: Any, row: ForgetRow) -> None:
+    """Refuse a model the trainer cannot use (it must embed prompts and score completions)."""
+    missing = [name for name in ("score", "prompt_embeddings", "embed", "embedder") if not hasattr(model, name)]
+    if missing or not isinstance(model, LanguageModel):
+        raise TrainingError(
+            f"training needs a local language model that can embed prompts and score answers; got a "
+            f"{type(model).__name__} (lacking {', '.join(missing) or 'scoring through LanguageModel'})"
+        )
+    try:
+        prompt, _ = render_question(model, row.prompt)
+        embeds = model.prompt_embeddings(prompt)
+    except Exception as exc:
+        raise TrainingError(f"the model cannot embed prompts: {type(exc).__name__}: {exc}") from None
+    if embeds.dim() != 2 or embeds.shape != (len(prompt.ids), model.hidden_size) or not embeds.is_floating_point():
+        raise TrainingError(f"the model cannot embed prompts: got embeddings of shape {tuple(embeds.shape)}")
+    if not bool(torch.isfinite(embeds).all()):
+        raise TrainingError("the model cannot embed prompts: its input embeddings are not finite")
+
+
+def train_forget_set(
+    model: LanguageModel,
+    name: str,
+    forget: list[ForgetRow],
+    retain: list[ForgetRow] | None,
+    config: TrainConfig,
+    progress: Callable[[float, str], None] | None = None,
+    cancel: threading.Event | None = None,
+    *,
+    forget_set_id: str | None = None,
+) -> ForgetSetArtifact:
+    """Train a forget set's classifier and interventions; returns the artifact (not yet saved).
+
+    Raises ``TrainingDataError`` / ``TrainingError`` on bad input before any work and
+    ``TrainingCancelled`` when ``cancel`` is set; progress goes monotonically from 0 to 1.
+    """
+    started = time.perf_counter()
+    forget_rows = _as_rows(forget, "forget", required=True)
+    retain_rows = _as_rows(retain, "retain", required=False)
+    if not isinstance(config, TrainConfig):
+        raise TrainingError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not name or not name.strip():
+        raise TrainingError("the forget set needs a name")
+    check_model(model, forget_rows[0])
+    artifact_id = validate_id(forget_set_id) if forget_set_id is not None else new_forget_set_id()
+    passes_before = model.forward_passes
+    uses_eco, uses_spul = "eco" in config.method, "spul" in config.method
+    stages = [("classifier", 1.0), ("samples", 0.3), ("before", 0.5 if config.evaluate else 0.0)]
+    stages += [("eco", 4.0 if uses_eco else 0.0), ("spul", 4.0 if uses_spul else 0.0)]
+    stages += [("after", 0.5 if config.evaluate else 0.0)]
+    tracker = ProgressTracker(stages, progress, cancel)
+    tracker.update("classifier", 0.0, "classifier")
+
+    classifier = _train_classifier(forget_rows, retain_rows, config, tracker)
+    template = ForgetSetManifest(
+        id=f"lethe-train-{abs(config.seed)}",
+        name=name.strip(),
+        created=utc_now(),
+        base_model=BaseModelInfo(name=model.name, fingerprint=model.fingerprint),
+        method=config.method,
+        parameters=ForgetSetParameters(),
+    )
+    factory = CandidateFactory(template, classifier)
+    modes = list(dict.fromkeys(config.eco.token_modes)) if uses_eco else [classifier.config.token_mode]
+    with torch.no_grad():
+        samples = prepare_samples(
+            model, forget_rows, classifier, modes, config.wrong_answers, config.seed, config.eco.batch_size
+        )
+    tracker.update("samples", 1.0, "samples")
+
+    metrics: dict[str, Any] = {"seed": config.seed, "config": config.model_dump(mode="json")}
+    if config.evaluate:
+        with torch.no_grad():
+            metrics["before"] = _figures(EvalTarget(model), forget_rows, retain_rows)
+        tracker.update("before", 1.0, "before")
+
+    parameters = ForgetSetParameters(token_mode=classifier.config.token_mode)
+    centroids = strengths = soft_prompt = None
+    if uses_eco:
+        eco = train_eco(model, factory, samples, config.eco, config.seed, tracker.stage("eco"))
+        parameters, centroids, strengths = eco.parameters, eco.centroids, eco.strengths
+        metrics["eco"] = eco.details
+    if uses_spul:
+        spul = train_spul(
+            model,
+            factory,
+            samples,
+            forget_rows,
+            retain_rows,
+            parameters,
+            centroids,
+            strengths,
+            config.spul,
+            config.seed,
+            tracker.stage("spul"),
+        )
+        soft_prompt = spul.soft_prompt
+        parameters = parameters.model_copy(update={"spul": spul.parameters})
+        metrics["spul"] = spul.details
+    tracker.check()
+
+    manifest = template.model_copy(update={"id": artifact_id, "method": config.method, "parameters": parameters})
+    final = ForgetSetArtifact(
+        manifest, with_token_mode(classifier, parameters.token_mode), soft_prompt, centroids, strengths
+    )
+    metrics["classifier"] = classifier.calibration()
+    if config.evaluate:
+        with torch.no_grad():
+            target = through_router(model, ForgetSetRouter([final]), config.eval_request_seed)
+            metrics["after"] = _figures(target, forget_rows, retain_rows)
+            metrics["flag_rate"] = _flag_rates(final, forget_rows, retain_rows)
+            metrics["change"] = _changes(metrics["before"], metrics["after"])
+        tracker.update("after", 1.0, "after")
+    metrics["wall_time_s"] = round(time.perf_counter() - started, 3)
+    metrics["forward_passes"] = model.forward_passes - passes_before
+    final.manifest.metrics = metrics
+    tracker.finish()
+    return final
+
+
+def _train_classifier(
+    forget: list[ForgetRow], retain: list[ForgetRow], config: TrainConfig, tracker: ProgressTracker
+) -> ScopeClassifier:
+    from classifier import ClassifierTrainingError, ScopeClassifier
+
+    try:
+        return ScopeClassifier.train(
+            [r.prompt for r in forget],
+            [r.prompt for r in retain] or None,
+            config.classifier_config(),
+            progress=lambda fraction: tracker.update("classifier", fraction, "classifier"),
+        )
+    except ClassifierTrainingError as exc:
+        raise TrainingDataError(f"cannot train the scope classifier: {exc}") from None
+
+
+def _figures(target: EvalTarget, forget: list[ForgetRow], retain: list[ForgetRow]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for split, rows in (("forget", forget), ("retain", retain)):
+        if rows:
+            scores = score_rows(target, rows)
+            out[split] = split_summary(scores, forget=split == "forget")
+            out[split]["truth_ratios"] = _ratios(scores)
+    return out
+
+
+def _ratios(scores: Sequence[RowScores]) -> list[float | None]:
+    return [None if (tr := s.truth_ratio) is None else round(tr, 6) for s in scores]
+
+
+def _flag_rates(artifact: ForgetSetArtifact, forget: list[ForgetRow], retain: list[ForgetRow]) -> dict[str, float]:
+    router = ForgetSetRouter([artifact])
+    out = {}
+    for split, rows in (("forget", forget), ("retain", retain)):
+        if rows:
+            flags = [bool(router.classify([{"role": "user", "content": r.prompt}])) for r in rows]
+            out[split] = float(np.mean(flags))
+    return out
+
+
+def _changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for split in ("forget", "retain"):
+        if split in before and split in after:
+            b, a = before[split]["answer_probability"], after[split]["answer_probability"]
+            out[f"{split}_answer_probability_relative"] = (a - b) / b if b else float("nan")
+    return out
