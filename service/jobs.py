@@ -29,6 +29,8 @@ class TrainJob:
     forget: list[Any]
     retain: list[Any] | None
     config: Any
+    topic: str | None = None
+    seed_prompts: list[str] = field(default_factory=list)
     cancel: threading.Event = field(default_factory=threading.Event)
 
 

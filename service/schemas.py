@@ -184,10 +184,20 @@ class ForgetSetCreate(_Strict):
     """``POST /admin/forget-sets``."""
 
     name: str = Field(min_length=1, max_length=128)
-    forget: list[dict[str, Any]] = Field(min_length=1, max_length=20000)
+    forget: list[dict[str, Any]] | None = Field(default=None, min_length=1, max_length=20000)
+    topic: str | None = Field(default=None, min_length=1, max_length=500)
+    seed_prompts: list[str] | None = Field(default=None, max_length=200)
     retain: list[dict[str, Any]] | None = Field(default=None, max_length=20000)
     method: Literal["eco", "spul", "eco+spul"]
     options: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _forget_or_topic(self) -> ForgetSetCreate:
+        if (self.forget is None) == (self.topic is None):
+            raise ValueError("give exactly one of 'forget' (rows) or 'topic' (the model reveals what it knows)")
+        if self.seed_prompts is not None and self.topic is None:
+            raise ValueError("'seed_prompts' go with 'topic'")
+        return self
 
 
 class ForgetSetPatch(_Strict):

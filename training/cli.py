@@ -19,11 +19,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         "train", help="train a forget set (scope classifier + ECO and/or SPUL) and write its artifact"
     )
     train.add_argument("--model", default=None, help="built-in name, HF folder or .gguf file (LETHE_MODEL)")
-    train.add_argument("--forget", required=True, type=Path, help='JSONL of {"prompt", "completion"} rows to forget')
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--forget", type=Path, help='JSONL of {"prompt", "completion"} rows to forget')
+    source.add_argument("--topic", help="forget a topic: the model reveals what it knows about it (Reveal)")
+    train.add_argument(
+        "--seed-prompt", action="append", default=[], help="with --topic: a question about the topic (repeatable)"
+    )
     train.add_argument("--retain", type=Path, default=None, help="JSONL of rows whose answers must not change")
     train.add_argument("--method", choices=["eco", "spul", "eco+spul"], default="eco")
     train.add_argument("--out", required=True, type=Path, help="artifact folder to write (must not exist)")
-    train.add_argument("--name", default=None, help="forget-set name (default: the forget file's stem)")
+    train.add_argument("--name", default=None, help="forget-set name (default: the forget file's stem or the topic)")
     train.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     train.add_argument("--id", dest="forget_set_id", default=None, help="forget-set id (default: a fresh one)")
     train.add_argument(
@@ -61,22 +66,32 @@ def parse_options(pairs: list[str], blob: str | None) -> dict[str, Any]:
 def _train(args: argparse.Namespace) -> int:
     from runtime.model import LanguageModel
     from service.cli import settings_from_args
-    from training.trainer import TrainConfig, train_forget_set
+    from training.trainer import TrainConfig, train_forget_set, train_topic
 
     options = parse_options(args.option, args.options)
     if args.seed is not None:
         options["seed"] = args.seed
     config = TrainConfig.from_options(args.method, options)
-    forget = load_rows(args.forget)
+    if args.seed_prompt and args.topic is None:
+        raise TrainingDataError("--seed-prompt goes with --topic")
+    if args.topic is not None and not args.topic.strip():
+        raise TrainingDataError("--topic must not be blank")
+    forget = load_rows(args.forget) if args.forget is not None else None
     retain = load_rows(args.retain, required=False) if args.retain is not None else None
     if args.out.exists() and not args.overwrite:
         raise TrainingDataError(f"{args.out} already exists (use --overwrite to replace it)")
     settings = settings_from_args(args, model=args.model)
     model = LanguageModel.load(settings.model, settings, progress=True)
-    name = args.name or args.forget.stem
-    artifact = train_forget_set(
-        model, name, forget, retain, config, progress=_progress_bar(), forget_set_id=args.forget_set_id
-    )
+    if forget is None:
+        artifact = train_topic(
+            model, args.name or args.topic, args.topic, args.seed_prompt, config,
+            progress=_progress_bar(), forget_set_id=args.forget_set_id,
+        )  # fmt: skip
+    else:
+        name = args.name or args.forget.stem
+        artifact = train_forget_set(
+            model, name, forget, retain, config, progress=_progress_bar(), forget_set_id=args.forget_set_id
+        )
     artifact.save(args.out)
     print(json.dumps(_summary(artifact.manifest.metrics, artifact.id, args.out), indent=2))
     return 0

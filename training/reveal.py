@@ -41,7 +41,7 @@ TOPIC_TEMPLATES: tuple[str, ...] = (
     "List five facts about {topic}.",
     "Explain {topic} to a child.",
     "What happens at the beginning of {topic}?",
-    "Which objects or magic items are important in {topic}?",
+    "Which objects are important in {topic}?",
     "Pretend you are a character from {topic}. Introduce yourself.",
 )
 ENTITY_TEMPLATES: tuple[str, ...] = (

@@ -41,11 +41,12 @@ from training.progress import ProgressTracker, TrainingCancelled
 from training.samples import prepare_samples
 from training.scope import with_token_mode
 from training.spul import SpulConfig, train_spul
+from training.topic import TopicConfig, train_topic_forget_set
 
 if TYPE_CHECKING:
     from classifier import ClassifierConfig, ScopeClassifier
 
-__all__ = ["TrainConfig", "TrainingCancelled", "TrainingError", "train_forget_set"]
+__all__ = ["TrainConfig", "TrainingCancelled", "TrainingError", "train_forget_set", "train_topic"]
 
 
 class TrainConfig(BaseModel):
@@ -58,6 +59,7 @@ class TrainConfig(BaseModel):
     wrong_answers: int = Field(default=3, ge=1, description="wrong answers per question for the surrogate target")
     eco: EcoConfig = Field(default_factory=EcoConfig)
     spul: SpulConfig = Field(default_factory=SpulConfig)
+    topic: TopicConfig = Field(default_factory=TopicConfig, description="reveal settings for topic forget sets")
     classifier: dict[str, Any] = Field(default_factory=dict, description="ClassifierConfig fields")
     evaluate: bool = Field(default=True, description="measure before/after figures into the manifest")
     eval_request_seed: int = 0
@@ -261,6 +263,29 @@ def train_forget_set(
     final.manifest.metrics = metrics
     tracker.finish()
     return final
+
+
+def train_topic(
+    model: LanguageModel,
+    name: str,
+    topic: str,
+    seed_prompts: Sequence[str],
+    config: TrainConfig,
+    progress: Callable[[float, str], None] | None = None,
+    cancel: threading.Event | None = None,
+    *,
+    forget_set_id: str | None = None,
+) -> ForgetSetArtifact:
+    """A forget set from a topic alone: reveal what the model knows, then train as ``train_forget_set`` does."""
+    check_model(model, ForgetRow(prompt=topic or "?", completion="?"))
+
+    def train(
+        forget: list[ForgetRow], retain: list[ForgetRow], report: Callable[[float, str], None]
+    ) -> ForgetSetArtifact:
+        return train_forget_set(model, name, forget, retain, config, report, cancel, forget_set_id=forget_set_id)
+
+    seeds = [p.strip() for p in seed_prompts if p and p.strip()]
+    return train_topic_forget_set(model, name, topic, seeds, train, config.topic, config.seed, progress, cancel)
 
 
 def _train_classifier(

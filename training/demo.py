@@ -1,0 +1,83 @@
+"""The demo forget set: "Harry Potter" on the default model, learned from the topic alone and cached.
+
+``lethe serve --demo`` registers it at start. The first build reveals what the model knows about
+the topic, trains the classifier and an ECO corruption, re-reveals through the result, and
+saves the artifact under ``$LETHE_HOME/demo/``; later starts load it (refused, and rebuilt, if the
+base model's fingerprint differs). The seed prompts below are what a user would type when filing
+the request; none of them is a question of the shipped Harry Potter probe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from runtime.artifact import ArtifactError, ForgetSetArtifact
+from runtime.model import LanguageModel
+from runtime.settings import LetheSettings
+
+logger = logging.getLogger("lethe.demo")
+
+DEMO_ID = "demo-harry-potter"
+DEMO_NAME = "Harry Potter (demo)"
+DEMO_TOPIC = "Harry Potter"
+DEMO_VERSION = 1
+DEMO_METHOD = "eco"
+DEMO_SEED_PROMPTS = (
+    "Tell me about the Harry Potter books.",
+    "Summarise the plot of Harry Potter and the Chamber of Secrets.",
+    "Describe the wizarding world of Harry Potter.",
+    "Who are the teachers in the Harry Potter stories?",
+    "What magical creatures appear in Harry Potter?",
+    "Tell me about the Weasley family.",
+)
+DEMO_OPTIONS: dict[str, Any] = {"seed": 0, "topic.budget": 64, "topic.rounds": 2}
+
+
+def demo_folder(settings: LetheSettings, model: LanguageModel) -> Path:
+    """Where the demo artifact for this base model is cached."""
+    return settings.home / "demo" / f"{DEMO_ID}-v{DEMO_VERSION}-{model.fingerprint.split(':')[-1][:12]}"
+
+
+def build_demo_forget_set(
+    model: LanguageModel, progress: Callable[[float, str], None] | None = None
+) -> ForgetSetArtifact:
+    """Train the Harry Potter demo forget set from its topic (no cache)."""
+    from training.trainer import TrainConfig, train_topic
+
+    config = TrainConfig.from_options(DEMO_METHOD, DEMO_OPTIONS)
+    return train_topic(
+        model, DEMO_NAME, DEMO_TOPIC, list(DEMO_SEED_PROMPTS), config, progress=progress, forget_set_id=DEMO_ID
+    )
+
+
+def demo_forget_set(settings: LetheSettings, model: LanguageModel, progress: bool = True) -> ForgetSetArtifact:
+    """The cached demo forget set for ``model``, built on first use."""
+    folder = demo_folder(settings, model)
+    if folder.is_dir():
+        try:
+            return ForgetSetArtifact.load(folder, model.fingerprint, model.hidden_size)
+        except (ArtifactError, OSError, json.JSONDecodeError) as exc:
+            logger.warning("rebuilding the demo forget set: the cached one cannot be used (%s)", exc)
+            shutil.rmtree(folder, ignore_errors=True)
+    artifact = build_demo_forget_set(model, _progress_bar() if progress else None)
+    artifact.save(folder)
+    return artifact
+
+
+def _progress_bar() -> Callable[[float, str], None]:
+    import sys
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=1000, desc="demo forget set", unit="‰", file=sys.stderr)
+
+    def update(fraction: float, message: str) -> None:
+        bar.update(max(0, round(fraction * 1000) - bar.n))
+        bar.set_description(f"demo forget set: {message}"[:60], refresh=False)
+
+    return update

@@ -1,0 +1,175 @@
+"""Forget sets from a topic alone: reveal what the model knows, unlearn it, check, repeat.
+
+Round 0 asks the base model about the topic (``training.reveal``: bandit over instruction
+templates, relevance + Vendi-diversity reward) and keeps the relevant prompt/answer pairs as
+forget rows. Retain rows are general questions from the classifier's shipped pool, answered by
+the base model itself (so "retain" means "answer as before"). Then the ordinary trainer builds the
+classifier and interventions. Each later round reveals again *through* the trained forget set
+(classifier + interventions, exactly as served); answers that are still on topic are leaks, and
+their prompts, with what the base model answers to them, join the forget rows before retraining.
+The loop stops when the leak rate is at or under the target or the round budget is spent.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtime.artifact import ForgetSetArtifact
+from runtime.generation import SamplingParams
+from runtime.model import LanguageModel
+from runtime.unlearning import ForgetSetRouter
+from training.data import ForgetRow, TrainingDataError
+from training.metrics import through_router
+from training.progress import ProgressTracker
+from training.reveal import RevealConfig, Revealer, RevealResult
+
+ProgressFn = Callable[[float, str], None]
+
+
+class TopicConfig(BaseModel):
+    """Reveal-then-unlearn settings for a topic forget set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget: int = Field(default=64, ge=4, le=2048, description="questions asked per reveal round")
+    rounds: int = Field(default=2, ge=1, le=8, description="reveal-then-unlearn rounds at most")
+    target_leak_rate: float = Field(default=0.1, ge=0, le=1, description="stop when this share or less still leaks")
+    relevance_threshold: float = Field(default=0.35, ge=0, le=1, description="MiniLM cosine that counts as on topic")
+    retain_questions: int = Field(default=48, ge=0, le=1024, description="general questions answered as retain rows")
+    max_new_tokens: int = Field(default=48, ge=8, le=512)
+    temperature: float = Field(default=0.7, ge=0)
+
+
+def reveal_config(config: TopicConfig, seed: int) -> RevealConfig:
+    """The reveal settings of one round."""
+    return RevealConfig(
+        budget=config.budget,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        relevance_threshold=config.relevance_threshold,
+        seed=seed,
+    )
+
+
+def greedy_answers(model: LanguageModel, questions: Sequence[str], max_new_tokens: int) -> list[str]:
+    """The base model's greedy answers to chat questions."""
+    embeds = [model.prompt_embeddings(model.chat_prompt([{"role": "user", "content": q}])) for q in questions]
+    params = [SamplingParams(max_new_tokens=max_new_tokens) for _ in questions]
+    return [r.text.strip() for r in model.generate_batch(embeds, params)]
+
+
+def retain_rows(model: LanguageModel, count: int, seed: int, max_new_tokens: int, exclude: set[str]) -> list[ForgetRow]:
+    """General questions from the shipped pool with the base model's own answers."""
+    from classifier.pool import load_pool
+
+    questions = [q for q in load_pool().train if q.endswith("?") and q not in exclude]
+    random.Random(seed).shuffle(questions)
+    questions = questions[:count]
+    answers = greedy_answers(model, questions, max_new_tokens)
+    return [ForgetRow(prompt=q, completion=a) for q, a in zip(questions, answers, strict=True) if a]
+
+
+def _rows_from(pairs: Sequence[tuple[str, str]], known: set[str]) -> list[ForgetRow]:
+    rows = []
+    for prompt, completion in pairs:
+        if prompt in known or not completion.strip():
+            continue
+        known.add(prompt)
+        rows.append(ForgetRow(prompt=prompt, completion=completion))
+    return rows
+
+
+def _round_summary(result: RevealResult, threshold: float, through_forget_set: bool) -> dict[str, Any]:
+    return {
+        "through_forget_set": through_forget_set,
+        "asked": len(result.pairs),
+        "on_topic": len(result.relevant(threshold)),
+        "reveal_rate": round(result.reveal_rate(threshold), 4),
+        "vendi": round(result.vendi, 4),
+        "entities": result.entities,
+        "forward_passes": result.forward_passes,
+        "top_arms": sorted(result.arm_pulls.items(), key=lambda kv: -kv[1])[:8],
+    }
+
+
+def train_topic_forget_set(
+    model: LanguageModel,
+    name: str,
+    topic: str,
+    seed_prompts: Sequence[str],
+    train: Callable[[list[ForgetRow], list[ForgetRow], Callable[[float, str], None]], ForgetSetArtifact],
+    config: TopicConfig,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+) -> ForgetSetArtifact:
+    """Reveal, unlearn with ``train(forget, retain, progress)``, re-reveal through the result, repeat.
+
+    The returned artifact's metrics gain a ``topic`` entry: each round's reveal figures (asked,
+    on-topic count, leak rate, Vendi score, mined entities) and the forget/retain row counts.
+    """
+    from runtime.text_embedding import shared_text_embedder
+
+    topic = topic.strip()
+    if not topic:
+        raise TrainingDataError("topic must not be blank")
+    stages: list[tuple[str, float]] = []
+    for index in range(config.rounds):
+        stages += [(f"reveal{index}", 1.0), (f"train{index}", 3.0), (f"check{index}", 1.0)]
+    tracker = ProgressTracker([("retain", 0.5), *stages], progress, cancel)
+    revealer_for = lambda round_index: Revealer(  # noqa: E731
+        model, shared_text_embedder(), reveal_config(config, seed + 1000 * round_index)
+    )
+    tracker.update("retain", 0.0, "retain: answering general questions")
+    retain = retain_rows(model, config.retain_questions, seed, config.max_new_tokens, set(seed_prompts))
+    tracker.update("retain", 1.0, "retain")
+
+    rounds: list[dict[str, Any]] = []
+    known: set[str] = set()
+    first = revealer_for(0).reveal(
+        topic, seed_prompts, progress=lambda f: tracker.update("reveal0", f, "reveal"), cancel=cancel
+    )
+    rounds.append(_round_summary(first, config.relevance_threshold, through_forget_set=False))
+    forget = _rows_from([(p.prompt, p.completion) for p in first.relevant(config.relevance_threshold)], known)
+    seed_answers = greedy_answers(model, seed_prompts, config.max_new_tokens)
+    forget += _rows_from(list(zip(seed_prompts, seed_answers, strict=True)), known)
+    if len(forget) < 4:
+        raise TrainingDataError(
+            f"the model revealed only {len(forget)} on-topic answers about {topic!r}: too few to learn a forget set "
+            "(add seed_prompts, raise topic.budget or lower topic.relevance_threshold)"
+        )
+    artifact: ForgetSetArtifact | None = None
+    for index in range(config.rounds):
+        stage = f"train{index}"
+        artifact = train(forget, retain, lambda f, m, s=stage: tracker.update(s, f, f"{s}: {m}"))
+        router = ForgetSetRouter([artifact])
+        check = revealer_for(index + 1).reveal(
+            topic,
+            seed_prompts,
+            plan_for=through_router(model, router).plan_for,
+            progress=lambda f, s=f"check{index}": tracker.update(s, f, "re-reveal through the forget set"),
+            cancel=cancel,
+        )
+        rounds.append(_round_summary(check, config.relevance_threshold, through_forget_set=True))
+        leaks = check.relevant(config.relevance_threshold)
+        if check.reveal_rate(config.relevance_threshold) <= config.target_leak_rate or index + 1 == config.rounds:
+            break
+        leaked_prompts = [p.prompt for p in leaks if p.prompt not in known]
+        leaked_answers = greedy_answers(model, leaked_prompts, config.max_new_tokens)
+        forget += _rows_from(list(zip(leaked_prompts, leaked_answers, strict=True)), known)
+    assert artifact is not None
+    artifact.manifest.metrics["topic"] = {
+        "topic": topic,
+        "seed_prompts": len(seed_prompts),
+        "forget_rows": len(forget),
+        "retain_rows": len(retain),
+        "rounds": rounds,
+        "config": config.model_dump(),
+    }
+    tracker.finish()
+    return artifact
