@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,9 +39,25 @@ class LetheSettings(BaseSettings):
     decode_workers: int = Field(default=2, ge=1, description="Batches the gateway decodes at the same time.")
     allow_prompt_embeds: bool = Field(default=True, description="Accept vLLM-style prompt_embeds on /v1/completions.")
 
-    upstream: str | None = None
-    upstream_model: str | None = None
-    upstream_timeout_s: float = 60.0
+    upstream: str | None = Field(default=None, description="Proxy mode: base URL of the upstream model server.")
+    upstream_model: str | None = Field(default=None, description="Proxy mode: the upstream's model name.")
+    upstream_timeout_s: float = Field(default=60.0, gt=0, description="Longest wait for upstream bytes.")
+    upstream_connect_timeout_s: float = Field(default=5.0, gt=0, description="Longest wait for a connection.")
+    upstream_connect_retries: int = Field(default=2, ge=0, description="Retries of refused/failed connects only.")
+    upstream_max_connections: int = Field(default=100, ge=1, description="Pooled connections to the upstream.")
+    upstream_api_key: str = Field(default="", description="Bearer key the proxy sends upstream.")
+    upstream_prompt_embeds: Literal["auto", "yes", "no"] = Field(
+        default="auto", description="Whether the upstream takes prompt_embeds (auto: probed at start)."
+    )
+    no_embeds_policy: Literal["refuse", "text", "block"] = Field(
+        default="refuse", description="Flagged requests when the upstream takes no prompt_embeds."
+    )
+    refusal_message: str = "I'm sorry, but I can't help with that request."
+    embeddings_from: str | None = Field(
+        default=None, description="Proxy mode: model whose tokenizer and embedding matrix to load (default: model)."
+    )
+    max_import_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description="Largest artifact archive upload.")
+    max_import_unpacked_bytes: int = Field(default=256 * 1024 * 1024, ge=1, description="Largest unpacked archive.")
 
     @field_validator("home", "registry", mode="after")
     @classmethod

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from service import admin_routes, openai_routes
+from service import admin_routes, import_routes, openai_routes, proxy_routes
 from service.batcher import Overloaded
 from service.errors import OVERLOADED, APIError, install_error_handlers
 from service.gateway import Gateway, gateway_of
@@ -44,7 +44,10 @@ def create_app(gateway: Gateway) -> FastAPI:
             503, "The server is overloaded; retry shortly.", OVERLOADED, None, "overloaded", {"Retry-After": "1"}
         ).response()
 
+    if proxy_routes.serves(gateway):
+        app.include_router(proxy_routes.router)  # ahead of the local routes it falls back on for flagged requests
     app.include_router(openai_routes.router)
+    app.include_router(import_routes.router)
     app.include_router(admin_routes.router)
 
     @app.get("/health")
@@ -69,6 +72,10 @@ def create_app(gateway: Gateway) -> FastAPI:
         return Response(current.metrics.render(), media_type=current.metrics.content_type)
 
     # The last added is the outermost: metrics see the body limit's 413s too.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=gateway.settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=gateway.settings.max_body_bytes,
+        path_limits={import_routes.IMPORT_PATH: gateway.settings.max_import_bytes},
+    )
     app.add_middleware(MetricsMiddleware, metrics=gateway.metrics)
     return app

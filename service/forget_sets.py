@@ -118,7 +118,7 @@ class ForgetSetManager:
         if self._model() is None:
             raise APIError(501, "Training needs a local model; this gateway has none.", code="training_unavailable")
         try:
-            forget = parse_rows(body.forget, "forget")
+            forget = parse_rows(body.forget, "forget") if body.forget is not None else []
             retain = parse_rows(body.retain, "retain", required=False) if body.retain is not None else None
         except TrainingDataError as exc:
             raise bad_request(str(exc), "forget" if str(exc).startswith("forget") else "retain") from None
@@ -133,20 +133,26 @@ class ForgetSetManager:
         options = dict(body.options or {})
         with self._lock:
             record, job = self.registry.create_training(forget_set_id, name, body.method, job_id, options)
-            self.jobs.submit(TrainJob(job_id, forget_set_id, name, body.method, forget, retain, config))
+            self.jobs.submit(
+                TrainJob(
+                    job_id, forget_set_id, name, body.method, forget, retain, config,
+                    topic=body.topic, seed_prompts=list(body.seed_prompts or []),
+                )
+            )  # fmt: skip
         self.audit.record(
             "forget_set_created",
             forget_set_id=forget_set_id,
             job_id=job_id,
             method=body.method,
             forget_rows=len(forget),
+            topic=body.topic is not None,
             retain_rows=len(retain or []),
         )
         return record, job
 
     def _execute(self, job: TrainJob) -> None:
         """Run one job on the training thread: train, save atomically, go live; or record why not."""
-        from training.trainer import TrainingCancelled, train_forget_set
+        from training.trainer import TrainingCancelled, train_forget_set, train_topic
 
         if job.cancel.is_set() or not self.registry.job_started(job.id):
             return
@@ -157,16 +163,16 @@ class ForgetSetManager:
         try:
             if model is None:
                 raise RuntimeError("no local model to train on")
-            artifact = train_forget_set(
-                model,
-                job.name,
-                job.forget,
-                job.retain,
-                job.config,
-                progress=reporter,
-                cancel=job.cancel,
-                forget_set_id=job.forget_set_id,
-            )
+            if job.topic is not None:
+                artifact = train_topic(
+                    model, job.name, job.topic, job.seed_prompts, job.config,
+                    progress=reporter, cancel=job.cancel, forget_set_id=job.forget_set_id,
+                )  # fmt: skip
+            else:
+                artifact = train_forget_set(
+                    model, job.name, job.forget, job.retain, job.config,
+                    progress=reporter, cancel=job.cancel, forget_set_id=job.forget_set_id,
+                )  # fmt: skip
             if artifact.id != job.forget_set_id:
                 raise ArtifactError(f"the trainer returned forget set {artifact.id}, expected {job.forget_set_id}")
             artifact.check_compatible(self.embedder.fingerprint, self.embedder.hidden_size)

@@ -92,10 +92,11 @@ class InferencePipeline:
 
     def check_model(self, model: str) -> None:
         """404 unless ``model`` is served here."""
-        if model not in {card.id for card in self.backend.models()}:
-            raise APIError(
-                404, f"The model '{model}' does not exist.", "invalid_request_error", "model", "model_not_found"
-            )
+        served = [card.id for card in self.backend.models()]
+        if model not in served:
+            # The requested name is not quoted: error messages never echo request content.
+            message = f"The requested model does not exist; this server serves {', '.join(served)}."
+            raise APIError(404, message, "invalid_request_error", "model", "model_not_found")
 
     def check_max_tokens(self, max_tokens: int | None) -> None:
         """400 when an explicit ``max_tokens`` exceeds the server's limit (checked before any work)."""

@@ -56,7 +56,9 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     for card in gateway.backend.models():
         if card.id == model_id:
             return _model_card(card.id, card.created, card.owned_by)
-    raise APIError(404, f"The model '{model_id}' does not exist.", "invalid_request_error", "model", "model_not_found")
+    served = ", ".join(card.id for card in gateway.backend.models())
+    message = f"The requested model does not exist; this server serves {served}."  # the id is not echoed
+    raise APIError(404, message, "invalid_request_error", "model", "model_not_found")
 
 
 def _model_card(model_id: str, created: int, owned_by: str) -> dict[str, Any]:
@@ -375,7 +377,8 @@ async def _stream(
         except Exception as exc:
             status = 500
             gateway.logger.error("stream %s failed: %s", request_id, type(exc).__name__)
-            yield _sse(error_body("The server had an error while generating.", SERVER, None, "internal_error"))
+            generic = error_body("The server had an error while generating.", SERVER, None, "internal_error")
+            yield _sse(exc.body() if isinstance(exc, APIError) else generic)  # e.g. an upstream cutting the stream
             yield _sse("[DONE]")
         except BaseException:
             status = "disconnected"

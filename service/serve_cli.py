@@ -12,6 +12,7 @@ from pathlib import Path
 from runtime.artifact import ForgetSetArtifact
 from runtime.model import LanguageModel
 from runtime.settings import LetheSettings
+from service.proxy_serve import add_proxy_arguments, proxy_overrides, serve_proxy
 
 StartupArtifacts = Callable[[LanguageModel], Iterable[ForgetSetArtifact]]
 
@@ -33,6 +34,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="import a forget-set artifact folder at start (repeatable)",
     )
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="also serve the Harry Potter demo forget set (built from the topic on first use, then cached)",
+    )
     serve.add_argument("--max-batch-size", type=int, help="rows per decoding batch (LETHE_MAX_BATCH_SIZE)")
     serve.add_argument(
         "--batch-window-ms", type=float, help="how long a batch waits for company (LETHE_BATCH_WINDOW_MS)"
@@ -43,6 +49,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-prompt-tokens", type=int, help="longest prompt accepted (LETHE_MAX_PROMPT_TOKENS)")
     serve.add_argument("--max-body-bytes", type=int, help="largest request body (LETHE_MAX_BODY_BYTES)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_proxy_arguments(serve)
     serve.set_defaults(handler=_serve)
 
 
@@ -64,8 +71,23 @@ def _serve(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         max_prompt_tokens=args.max_prompt_tokens,
         max_body_bytes=args.max_body_bytes,
+        **proxy_overrides(args),
     )
-    return serve(settings, args.forget_set, log_level=args.log_level)
+    if settings.upstream and args.demo:
+        raise ValueError("--demo trains on a local model; in proxy mode import a demo artifact with --forget-set DIR")
+    if settings.upstream:
+        return serve_proxy(settings, args.forget_set, log_level=args.log_level)
+    return serve(settings, args.forget_set, _demo_hook(settings) if args.demo else None, log_level=args.log_level)
+
+
+def _demo_hook(settings: LetheSettings) -> StartupArtifacts:
+    def demo(model: LanguageModel) -> list[ForgetSetArtifact]:
+        from training.demo import demo_forget_set
+
+        print("lethe: preparing the demo forget set (first run: a few minutes)", file=sys.stderr, flush=True)
+        return [demo_forget_set(settings, model)]
+
+    return demo
 
 
 def is_loopback(host: str) -> bool:

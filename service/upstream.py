@@ -1,0 +1,195 @@
+"""The HTTP client to the upstream model server (proxy mode), and how its failures look to clients.
+
+One pooled ``httpx.AsyncClient`` per gateway. Only connection attempts are retried (the
+transport's ``retries`` covers refused and timed-out connects, where no byte of the request
+has left): a request that reached the upstream is never sent twice.
+
+Failures become OpenAI error bodies:
+- connection refused or reset, a response cut short, a malformed answer: ``502 upstream_unavailable``
+  / ``upstream_error``;
+- no connection, no first byte or no next byte within the timeouts: ``504 upstream_timeout``;
+- upstream 5xx: ``502 upstream_error`` (an upstream 503 stays a 503: clients know to retry it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from runtime.settings import LetheSettings
+from service.errors import OVERLOADED, SERVER, APIError
+
+if TYPE_CHECKING:
+    from service.upstream_pool import UpstreamPool
+
+# Headers that describe one hop, or that the proxy sets itself, never copied between client and upstream.
+HOP_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "host",
+        "authorization",
+        "accept-encoding",
+        "content-encoding",
+    }
+)
+
+
+class UpstreamError(APIError):
+    """The upstream could not be reached or answered wrongly (a 502 or 504 for the client)."""
+
+
+def upstream_error(exc: BaseException) -> UpstreamError:
+    """The client-facing error for an ``httpx`` failure talking to the upstream."""
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamError(504, "The upstream model server did not answer in time.", SERVER, None, "upstream_timeout")
+    if isinstance(exc, httpx.ConnectError):
+        return UpstreamError(502, "The upstream model server is unreachable.", SERVER, None, "upstream_unavailable")
+    return UpstreamError(502, "The connection to the upstream model server failed.", SERVER, None, "upstream_error")
+
+
+def stream_error(exc: BaseException) -> UpstreamError:
+    """The error for a failure after the upstream's answer began: a timeout (504) or a cut stream (502)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return upstream_error(exc)
+    return UpstreamError(502, "The upstream model server cut the stream short.", SERVER, None, "upstream_stream_cut")
+
+
+def status_error(status: int) -> APIError:
+    """The client-facing error for an upstream 5xx (503 stays a retryable 503)."""
+    if status == 503:
+        return APIError(
+            503,
+            "The upstream model server is overloaded; retry shortly.",
+            OVERLOADED,
+            None,
+            "upstream_overloaded",
+            {"Retry-After": "1"},
+        )
+    if status == 504:
+        return UpstreamError(504, "The upstream model server timed out.", SERVER, None, "upstream_timeout")
+    return UpstreamError(502, f"The upstream model server failed (HTTP {status}).", SERVER, None, "upstream_error")
+
+
+class UpstreamClient:
+    """A pooled HTTP client for one upstream base URL (``http://host:port``, with or without ``/v1``)."""
+
+    def __init__(self, settings: LetheSettings, transport: httpx.AsyncBaseTransport | None = None):
+        if not settings.upstream:
+            raise ValueError("proxy mode needs an upstream URL (--upstream or LETHE_UPSTREAM)")
+        base = settings.upstream.rstrip("/")
+        self.base_url = base[: -len("/v1")] if base.endswith("/v1") else base
+        self.timeout_s = settings.upstream_timeout_s
+        self.timeout = httpx.Timeout(
+            connect=settings.upstream_connect_timeout_s,
+            read=settings.upstream_timeout_s,
+            write=settings.upstream_timeout_s,
+            pool=settings.upstream_timeout_s,
+        )
+        limits = httpx.Limits(
+            max_connections=settings.upstream_max_connections,
+            max_keepalive_connections=settings.upstream_max_connections,
+            # Below the 5 s keep-alive of uvicorn (vLLM's server), so an idle connection is dropped here first.
+            keepalive_expiry=4.0,
+        )
+        self.headers = {"accept-encoding": "identity"}
+        if settings.upstream_api_key:
+            self.headers["authorization"] = f"Bearer {settings.upstream_api_key}"
+        retries = settings.upstream_connect_retries
+        self._transport = transport or httpx.AsyncHTTPTransport(retries=retries, limits=limits)
+        self._client: httpx.AsyncClient | None = None
+        from service.upstream_pool import UpstreamPool
+
+        self.pool: UpstreamPool = UpstreamPool(
+            self.base_url,
+            settings.upstream_connect_timeout_s,
+            settings.upstream_timeout_s,
+            settings.upstream_connect_retries,
+            settings.upstream_max_connections,
+            {k: v for k, v in self.headers.items() if k != "accept-encoding"},
+        )
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The pooled client (created on first use, inside the serving event loop)."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url, timeout=self.timeout, transport=self._transport, headers=self.headers
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close pooled connections."""
+        await self.pool.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def build(self, path: str, content: bytes, headers: dict[str, str] | None = None) -> httpx.Request:
+        """A POST of ``content`` to ``path``."""
+        merged = {"content-type": "application/json", **(headers or {})}
+        return self.client.build_request("POST", path, content=content, headers=merged)
+
+    async def open(self, request: httpx.Request) -> httpx.Response:
+        """Send and return once the status and headers are in (the body is read by the caller)."""
+        try:
+            return await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise upstream_error(exc) from None
+
+    async def post_json(self, path: str, payload: dict[str, Any]) -> tuple[int, Any]:
+        """POST JSON and read the whole answer: ``(status, parsed body or None)``."""
+        response = await self.open(self.build(path, json.dumps(payload).encode()))
+        try:
+            raw = await response.aread()
+        except httpx.HTTPError as exc:
+            raise upstream_error(exc) from None
+        finally:
+            await response.aclose()
+        try:
+            return response.status_code, json.loads(raw)
+        except ValueError:
+            return response.status_code, None
+
+    async def get_json(self, path: str) -> tuple[int, Any]:
+        """GET and read the whole answer: ``(status, parsed body or None)``."""
+        try:
+            response = await self.client.get(path)
+        except httpx.HTTPError as exc:
+            raise upstream_error(exc) from None
+        try:
+            return response.status_code, response.json()
+        except ValueError:
+            return response.status_code, None
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any] | None]:
+    """The JSON events of an SSE body (``None`` for ``[DONE]``); a cut or malformed stream raises ``UpstreamError``."""
+    try:
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[len("data:") :].strip()
+            if data == "[DONE]":
+                yield None
+                return
+            try:
+                event = json.loads(data)
+            except ValueError:
+                raise UpstreamError(
+                    502, "The upstream model server sent a malformed stream.", SERVER, None, "upstream_error"
+                ) from None
+            yield event
+    except httpx.HTTPError as exc:
+        raise stream_error(exc) from None
+    raise UpstreamError(502, "The upstream model server cut the stream short.", SERVER, None, "upstream_stream_cut")

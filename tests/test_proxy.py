@@ -1,0 +1,565 @@
+"""Proxy mode over real HTTP on loopback: a Lethe proxy in front of a Lethe local-mode upstream.
+
+Two real processes (``lethe serve`` local, and ``lethe serve --upstream`` in front of it, through
+a fault-injecting relay): greedy flagged and unflagged answers through the proxy equal local
+mode's; the upstream accepts tensors encoded as vLLM's client encodes them; a stopped, hung,
+failing or stream-cutting upstream gives the documented 502/504 and the proxy keeps serving;
+artifact archives import (proxy and local mode) and hostile ones are refused with the registry
+unchanged. The no-prompt-embeds policies run on in-thread servers sharing the test's model.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import pickle
+import tarfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+from proxy_support import FaultRelay, ThreadServer
+from test_gateway_support import ADMIN_KEY, API_KEY, GatewayServer, assert_openai_error
+
+from runtime.artifact import (
+    BaseModelInfo,
+    EcoParameters,
+    ForgetSetArtifact,
+    ForgetSetManifest,
+    ForgetSetParameters,
+    SpulParameters,
+    utc_now,
+)
+from runtime.generation import SamplingParams
+from runtime.model import LanguageModel
+from runtime.settings import LetheSettings
+from runtime.unlearning import ForgetSetRouter
+from service.app import create_app
+from service.artifact_archive import pack_artifact
+from service.gateway import build_gateway, local_backend
+from service.proxy_backend import ProxyBackend, encode_prompt_embeds
+from service.text_corruption import corrupt_token_ids, corruption_mask, replacement_vocabulary
+
+MODEL = "tiny-authors"
+TIMEOUT_S = 3.0
+MAX_IMPORT_BYTES = 3_000_000
+MAX_UNPACKED_BYTES = 6_000_000
+GREEDY = SamplingParams(max_new_tokens=20)
+
+
+# Fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world_rows() -> dict[str, list[dict]]:
+    """Forget and retain rows of the test world."""
+    from benchmarks.authors_world import WorldConfig, build_world
+
+    world = build_world(WorldConfig.test())
+    return {"forget": world.rows("forget"), "retain": world.rows("retain")}
+
+
+def _import(server: GatewayServer, data: bytes) -> httpx.Response:
+    with server.admin() as admin:
+        return admin.post("/admin/forget-sets/import", content=data, headers={"content-type": "application/gzip"})
+
+
+def _artifact(tiny: LanguageModel, classifier: Any, forget_set_id: str, fingerprint: str | None = None) -> Any:
+    """A forget set built directly: the trained classifier, ECO noise with per-cluster strengths, a soft prompt."""
+    generator = torch.Generator().manual_seed(len(forget_set_id))
+    hidden = tiny.hidden_size
+    manifest = ForgetSetManifest(
+        id=forget_set_id,
+        name=f"proxy test {forget_set_id}",
+        created=utc_now(),
+        base_model=BaseModelInfo(name=MODEL, fingerprint=fingerprint or tiny.fingerprint),
+        method="eco+spul",
+        parameters=ForgetSetParameters(
+            token_mode="salient",
+            eco=EcoParameters(function="rand_noise_first_n", strength=3.0, dims=64),
+            spul=SpulParameters(num_virtual_tokens=3),
+        ),
+    )
+    scale = float(tiny.embedder.embedding_weight.std())
+    return ForgetSetArtifact(
+        manifest,
+        classifier,
+        soft_prompt=torch.randn(3, hidden, generator=generator) * scale,
+        cluster_centroids=torch.randn(2, hidden, generator=generator),
+        cluster_strengths=torch.tensor([3.0, 5.0]),
+    )
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: pytest.TempPathFactory, authors_paths: dict[str, Path]) -> dict[str, Any]:
+    """The relay, then the upstream (local mode) and proxy processes, starting in the background."""
+    root = tmp_path_factory.mktemp("proxy")
+    relay = FaultRelay().start()
+    threads = {"LETHE_THREADS": "1"}
+    upstream = GatewayServer(root / "upstream", model=MODEL, env=threads)
+    proxy = GatewayServer(
+        root / "proxy",
+        model="unused-in-proxy-mode",
+        env={
+            **threads,
+            "LETHE_UPSTREAM_API_KEY": API_KEY,
+            "LETHE_UPSTREAM_TIMEOUT_S": str(TIMEOUT_S),
+            "LETHE_MAX_IMPORT_BYTES": str(MAX_IMPORT_BYTES),
+            "LETHE_MAX_IMPORT_UNPACKED_BYTES": str(MAX_UNPACKED_BYTES),
+        },
+        args=["--upstream", f"{relay.url}/v1", "--upstream-model", MODEL, "--embeddings-from", MODEL],
+    )
+    starting = [threading.Thread(target=server.start) for server in (upstream, proxy)]
+    for thread in starting:
+        thread.start()
+    while not upstream.port:
+        time.sleep(0.05)
+    relay.target_port = upstream.port
+    state = {"root": root, "relay": relay, "upstream": upstream, "proxy": proxy, "starting": starting}
+    yield state
+    proxy.stop()
+    upstream.stop()
+    relay.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(launched: dict[str, Any], tiny_full: LanguageModel, world_rows: dict[str, list[dict]]) -> dict[str, Any]:
+    """Both processes ready, with a forget set (built while they started) imported into the proxy."""
+    from classifier import ClassifierConfig, ScopeClassifier
+
+    fast = ClassifierConfig(seed=0, variants_per_prompt=1, frames_per_entity=2, near_misses_per_prompt=1)
+    classifier = ScopeClassifier.train(
+        [r["prompt"] for r in world_rows["forget"]], [r["prompt"] for r in world_rows["retain"]], fast
+    )
+    artifact = _artifact(tiny_full, classifier, "fs-proxy-first")
+    artifact.save(launched["root"] / artifact.id)
+    for thread in launched["starting"]:
+        thread.join()
+    for server in (launched["upstream"], launched["proxy"]):
+        assert server.process is not None and server.process.poll() is None, server.log_tail()
+    imported = _import(launched["proxy"], pack_artifact(launched["root"] / artifact.id))
+    assert imported.status_code == 201, imported.text
+    return {**launched, "tiny": tiny_full, "classifier": classifier, "artifacts": [artifact]}
+
+
+def _questions(world_rows: dict[str, list[dict]]) -> tuple[list[str], list[str]]:
+    return [r["prompt"] for r in world_rows["forget"][:3]], [r["prompt"] for r in world_rows["retain"][:3]]
+
+
+def _chat_body(question: str, params: SamplingParams = GREEDY, model: str = MODEL, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": params.max_new_tokens,
+        "temperature": params.temperature,
+        **extra,
+    }
+    if params.seed is not None:
+        body["seed"] = params.seed
+    return body
+
+
+def _chat(
+    server_url: str, question: str, params: SamplingParams = GREEDY, model: str = MODEL, **extra: Any
+) -> httpx.Response:
+    with httpx.Client(base_url=server_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as client:
+        return client.post("/v1/chat/completions", json=_chat_body(question, params, model, **extra))
+
+
+def _content(response: httpx.Response) -> str:
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["message"]["content"]
+
+
+def _stream_events(response: httpx.Response) -> list[str]:
+    return [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def _local(
+    tiny: LanguageModel, artifacts: list[Any], question: str, params: SamplingParams = GREEDY
+) -> tuple[str, bool]:
+    """What local mode serves: the runtime routing through the same artifacts and generating."""
+    router = ForgetSetRouter(artifacts)
+    messages = [{"role": "user", "content": question}]
+    prompt = tiny.chat_prompt(messages)
+    decision = router.route(prompt, messages, request_seed=params.seed or 0, embed=tiny.embed)
+    return tiny.generate(prompt, params, decision.plan if decision.flagged else None).text, decision.flagged
+
+
+# Equality with local mode -------------------------------------------------------------------
+
+
+def test_flagged_and_unflagged_answers_equal_local_mode(
+    stack: dict[str, Any], world_rows: dict[str, list[dict]]
+) -> None:
+    tiny, artifacts, proxy = stack["tiny"], stack["artifacts"], stack["proxy"]
+    forget, retain = _questions(world_rows)
+    changed = 0
+    for question in forget + retain:
+        expected, flagged = _local(tiny, artifacts, question)
+        assert flagged == (question in forget), question
+        assert _content(_chat(proxy.base_url, question)) == expected
+        if flagged:
+            changed += expected != _local(tiny, [], question)[0]
+    assert changed >= 1  # the forget set really alters flagged answers
+
+    # Seeded sampling too: noise and sampling are both seeded from the request.
+    seeded = SamplingParams(max_new_tokens=16, temperature=0.9, seed=11)
+    assert _content(_chat(proxy.base_url, forget[0], seeded)) == _local(tiny, artifacts, forget[0], seeded)[0]
+
+    # Unflagged answers are the upstream's own, byte for byte (forwarded unchanged).
+    direct = _chat(stack["upstream"].base_url, retain[0])
+    assert _content(direct) == _content(_chat(proxy.base_url, retain[0]))
+
+
+def test_streams_equal_local_mode_and_completions_work(
+    stack: dict[str, Any], world_rows: dict[str, list[dict]]
+) -> None:
+    tiny, artifacts, proxy = stack["tiny"], stack["artifacts"], stack["proxy"]
+    forget, retain = _questions(world_rows)
+    with proxy.client() as client:
+        for question in (forget[0], retain[0]):
+            body = _chat_body(question, stream=True, stream_options={"include_usage": True})
+            with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                assert response.status_code == 200
+                events = _stream_events(response)
+            assert events[-1] == "[DONE]"
+            chunks = [json.loads(e) for e in events[:-1]]
+            assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+            text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+            assert text == _local(tiny, artifacts, question)[0]
+            assert chunks[-1]["usage"]["completion_tokens"] >= 1
+
+        # Legacy completions: flagged text prompt served by embedding, like local mode.
+        prompt = tiny.text_prompt(forget[1])
+        router = ForgetSetRouter(artifacts)
+        decision = router.route(prompt, None, request_seed=0, embed=tiny.embed)
+        assert decision.flagged
+        expected = tiny.generate(prompt, SamplingParams(max_new_tokens=12), decision.plan).text
+        response = client.post(
+            "/v1/completions", json={"model": MODEL, "prompt": forget[1], "max_tokens": 12, "temperature": 0}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["text"] == expected
+
+    # The official client works through the proxy.
+    sdk = proxy.openai()
+    assert [m.id for m in sdk.models.list().data] == [MODEL]
+    answer = sdk.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": retain[1]}], max_tokens=20, temperature=0
+    )
+    assert answer.choices[0].message.content == _local(tiny, artifacts, retain[1])[0]
+
+
+def test_upstream_errors_pass_through_and_unknown_models_are_404(stack: dict[str, Any]) -> None:
+    proxy, upstream = stack["proxy"], stack["upstream"]
+    bad = {"model": MODEL, "messages": [{"role": "user", "content": "Hello there"}], "n": 3}
+    with proxy.client() as client, upstream.client() as direct:
+        through, straight = client.post("/v1/chat/completions", json=bad), direct.post("/v1/chat/completions", json=bad)
+        assert through.status_code == straight.status_code == 400
+        assert through.json() == straight.json()
+        assert_openai_error(client.post("/v1/chat/completions", json={**bad, "model": "other"}), 404, "model")
+        assert_openai_error(client.post("/v1/chat/completions", content=b"{nope"), 400)
+
+
+def test_vllm_client_encoding_is_accepted_by_the_upstream(stack: dict[str, Any]) -> None:
+    tiny, upstream = stack["tiny"], stack["upstream"]
+    prompt = tiny.text_prompt("Where was the author born?")
+    embeds = tiny.embed(prompt.ids)
+    expected = tiny.generate(prompt, SamplingParams(max_new_tokens=10)).text
+    with upstream.client() as client:
+        for tensor in (embeds, embeds.to(torch.bfloat16)):
+            # vLLM's examples/online_serving/prompt_embed_inference_with_openai_client.py, verbatim.
+            buffer = io.BytesIO()
+            torch.save(tensor, buffer)
+            buffer.seek(0)
+            encoded = base64.b64encode(buffer.read()).decode("utf-8")
+            assert torch.equal(torch.load(io.BytesIO(base64.b64decode(encode_prompt_embeds(tensor)))), tensor)
+            response = client.post(
+                "/v1/completions",
+                json={"model": MODEL, "prompt_embeds": encoded, "max_tokens": 10, "temperature": 0},
+            )
+            assert response.status_code == 200, response.text
+            if tensor.dtype == torch.float32:
+                assert response.json()["choices"][0]["text"] == expected
+
+
+# Faults --------------------------------------------------------------------------------------
+
+
+def _timed_chat(url: str, question: str, **extra: Any) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = _chat(url, question, **extra)
+    return response, time.monotonic() - started
+
+
+def test_stopped_hung_and_failing_upstreams_give_502_504_and_the_proxy_recovers(
+    stack: dict[str, Any], world_rows: dict[str, list[dict]]
+) -> None:
+    relay, proxy, tiny, artifacts = stack["relay"], stack["proxy"], stack["tiny"], stack["artifacts"]
+    forget, retain = _questions(world_rows)
+    try:
+        relay.set_mode("down")  # connection refused
+        for question in (retain[0], forget[0]):
+            response, took = _timed_chat(proxy.base_url, question)
+            assert assert_openai_error(response, 502)["code"] == "upstream_unavailable"
+            assert took < 5.0
+
+        relay.set_mode("hang")  # accepts, never answers
+        before = relay.connections
+        results: dict[str, Any] = {}
+        waiter = threading.Thread(target=lambda: results.update(hung=_timed_chat(proxy.base_url, retain[1])))
+        waiter.start()
+        time.sleep(0.3)
+        with proxy.client() as client:  # the proxy still answers while a request hangs upstream
+            assert client.get("/v1/models").status_code == 200
+            assert httpx.get(f"{proxy.base_url}/health", timeout=2).status_code == 200
+        waiter.join(15)
+        response, took = results["hung"]
+        assert assert_openai_error(response, 504)["code"] == "upstream_timeout"
+        assert TIMEOUT_S - 0.2 <= took < TIMEOUT_S + 3
+        assert relay.connections - before == 1  # a request that reached the upstream is never retried
+
+        relay.set_mode("error500")
+        for question in (retain[0], forget[0]):
+            error = assert_openai_error(_chat(proxy.base_url, question), 502)
+            assert error["code"] == "upstream_error" and error["type"] == "server_error"
+    finally:
+        relay.set_mode("pass")
+    assert _content(_chat(proxy.base_url, forget[0])) == _local(tiny, artifacts, forget[0])[0]
+    assert _content(_chat(proxy.base_url, retain[0])) == _local(tiny, artifacts, retain[0])[0]
+
+
+def test_a_cut_stream_ends_with_an_error_event(stack: dict[str, Any], world_rows: dict[str, list[dict]]) -> None:
+    relay, proxy = stack["relay"], stack["proxy"]
+    forget, retain = _questions(world_rows)
+    params = SamplingParams(max_new_tokens=40)
+    try:
+        relay.set_mode("cut")
+        with proxy.client() as client:
+            for question in (retain[0], forget[0]):
+                body = _chat_body(question, params, stream=True)
+                with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                    assert response.status_code == 200
+                    events = _stream_events(response)
+                assert events[-1] == "[DONE]"
+                error = json.loads(events[-2])["error"]
+                assert error["code"] == "upstream_stream_cut" and set(error) == {"message", "type", "param", "code"}
+                assert len(events) >= 3  # some of the answer arrived before the cut
+            relay.cut_body_bytes = 60  # a whole answer is cut too: a 502, not a truncated body
+            relay.set_mode("cut")
+            assert assert_openai_error(_chat(proxy.base_url, retain[0], params), 502)["code"] in (
+                "upstream_error",
+                "upstream_stream_cut",
+            )
+    finally:
+        relay.cut_body_bytes = 400
+        relay.set_mode("pass")
+    assert _chat(proxy.base_url, retain[0]).status_code == 200
+
+
+# Importing artifacts -------------------------------------------------------------------------
+
+
+def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def _file(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    return tarfile.TarInfo(name), data
+
+
+def _registry_state(server: GatewayServer) -> tuple[list[Any], list[str]]:
+    with server.admin() as admin:
+        listing = admin.get("/admin/forget-sets").json()["data"]
+    return listing, sorted(p.name for p in (server.registry / "artifacts").iterdir())
+
+
+def test_import_hostile_archives_are_refused_and_change_nothing(stack: dict[str, Any]) -> None:
+    proxy, root = stack["proxy"], stack["root"]
+    good = root / stack["artifacts"][0].id
+    manifest = (good / "manifest.json").read_bytes()
+    clf_json = (good / "classifier" / "classifier.json").read_bytes()
+    before = _registry_state(proxy)
+    link = tarfile.TarInfo("fs-x/manifest.json")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    hard = tarfile.TarInfo("fs-x/classifier/classifier.json")
+    hard.type, hard.linkname = tarfile.LNKTYPE, "fs-x/manifest.json"
+    wrong = json.loads(manifest)
+    wrong["base_model"]["fingerprint"] = "sha256:" + "0" * 64
+    wrong["id"] = "fs-wrong-model"
+    hostile = {
+        "traversal": _tar([_file("../evil.json", b"{}"), _file("fs-x/manifest.json", manifest)]),
+        "absolute": _tar([_file("/tmp/lethe-evil.json", b"{}")]),
+        "symlink": _tar([(link, None)]),
+        "hardlink": _tar([_file("fs-x/manifest.json", manifest), (hard, None)]),
+        "pickle": _tar([_file("fs-x/manifest.json", manifest), _file("fs-x/classifier/model.pkl", pickle.dumps(1))]),
+        "pickle-disguised": _tar(
+            [
+                _file("fs-x/manifest.json", manifest),
+                _file("fs-x/classifier/classifier.json", clf_json),
+                _file("fs-x/classifier/classifier.safetensors", pickle.dumps({"a": 1})),
+            ]
+        ),
+        "bomb": _tar([_file("fs-x/manifest.json", b" " * (MAX_UNPACKED_BYTES + 10))]),
+        "not-an-archive": b"hello, this is not an archive",
+        "no-manifest": _tar([_file("fs-x/notes.json", b"{}")]),
+        "wrong-fingerprint": _wrong_fingerprint(good, wrong),
+    }
+    for name, data in hostile.items():
+        error = assert_openai_error(_import(proxy, data), 400)
+        assert error["code"] in ("invalid_archive", "invalid_artifact", "fingerprint_mismatch"), (name, error)
+        if name == "wrong-fingerprint":
+            assert error["code"] == "fingerprint_mismatch"
+        assert "/etc" not in error["message"] and str(proxy.registry) not in error["message"], error
+    assert not Path("/tmp/lethe-evil.json").exists() and not (proxy.registry.parent / "evil.json").exists()
+    oversized = _import(proxy, b"\x1f\x8b" + b"\0" * (MAX_IMPORT_BYTES + 1))
+    assert assert_openai_error(oversized, 413)["code"] == "request_too_large"
+    with httpx.Client(base_url=proxy.base_url, headers={"Authorization": f"Bearer {API_KEY}"}) as user:
+        assert user.post("/admin/forget-sets/import", content=pack_artifact(good)).status_code in (401, 403)
+    assert _registry_state(proxy) == before
+    assert not [p for p in proxy.registry.iterdir() if p.name.startswith(".import-")]
+
+
+def _wrong_fingerprint(good: Path, manifest: dict[str, Any]) -> bytes:
+    files = {p.relative_to(good).as_posix(): p.read_bytes() for p in good.rglob("*") if p.is_file()}
+    files["manifest.json"] = json.dumps(manifest).encode()
+    return _tar([_file(f"fs-wrong/{name}", data) for name, data in sorted(files.items())])
+
+
+def test_import_in_proxy_and_local_mode_serves_like_local_mode(
+    stack: dict[str, Any], world_rows: dict[str, list[dict]]
+) -> None:
+    proxy, upstream, tiny = stack["proxy"], stack["upstream"], stack["tiny"]
+    forget, retain = _questions(world_rows)
+    second = _artifact(tiny, stack["classifier"], "fs-imported")
+    folder = second.save(stack["root"] / "fs-imported")
+
+    # Proxy mode: a tar.gz; both forget sets now flag, their plans compose.
+    response = _import(proxy, pack_artifact(folder, "tar.gz"))
+    assert response.status_code == 201, response.text
+    view = response.json()
+    assert view["id"] == "fs-imported" and view["live"] and view["source"] == "import"
+    assert assert_openai_error(_import(proxy, pack_artifact(folder)), 409)["code"] == "already_registered"
+    both = [*stack["artifacts"], ForgetSetArtifact.load(folder)]
+    proxied = _content(_chat(proxy.base_url, forget[2]))
+    assert proxied == _local(tiny, both, forget[2])[0]
+    assert _content(_chat(proxy.base_url, retain[2])) == _local(tiny, both, retain[2])[0]
+
+    # Local mode: a zip into the upstream gateway; served directly it gives the proxy's answers.
+    zipped = pack_artifact(folder, "zip")
+    assert zipfile.is_zipfile(io.BytesIO(zipped))
+    with upstream.admin() as admin:
+        for first in stack["artifacts"]:  # in the proxy's order, so the plans compose alike
+            response = admin.post("/admin/forget-sets/import", content=pack_artifact(stack["root"] / first.id, "zip"))
+            assert response.status_code == 201, response.text
+        assert admin.post("/admin/forget-sets/import", content=zipped).status_code == 201
+        try:
+            assert _content(_chat(upstream.base_url, forget[2])) == proxied
+        finally:
+            for forget_set_id in ("fs-imported", stack["artifacts"][0].id):
+                assert admin.delete(f"/admin/forget-sets/{forget_set_id}").status_code == 200
+    with proxy.admin() as admin:
+        assert admin.delete("/admin/forget-sets/fs-imported").status_code == 200
+
+
+# Policies for upstreams without prompt embeddings -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plain_upstream(stack: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> ThreadServer:
+    """A local-mode gateway that refuses prompt_embeds, in a thread over the test's model."""
+    settings = LetheSettings(registry=tmp_path_factory.mktemp("plain") / "registry", allow_prompt_embeds=False)
+    server = ThreadServer(create_app(build_gateway(settings, local_backend(stack["tiny"], settings)))).start()
+    yield server
+    server.stop()
+
+
+def _policy_proxy(stack: dict[str, Any], upstream: ThreadServer, policy: str, folder: Path) -> ThreadServer:
+    settings = LetheSettings(
+        registry=folder,
+        upstream=upstream.url,
+        upstream_model=stack["tiny"].name,  # the in-thread upstream serves the model under its path
+        no_embeds_policy=policy,
+        refusal_message="I cannot discuss that.",
+        upstream_timeout_s=TIMEOUT_S,
+    )
+    backend = ProxyBackend(settings, stack["tiny"].embedder)
+    gateway = build_gateway(settings, backend, [(a, "cli") for a in stack["artifacts"]])
+    server = ThreadServer(create_app(gateway)).start()
+    deadline = time.monotonic() + 20
+    while backend.prompt_embeds is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backend.prompt_embeds is False  # probed, not assumed
+    return server
+
+
+def test_policies_without_prompt_embeds(
+    stack: dict[str, Any], plain_upstream: ThreadServer, world_rows: dict[str, list[dict]], tmp_path: Path
+) -> None:
+    tiny, artifacts = stack["tiny"], stack["artifacts"]
+    forget, retain = _questions(world_rows)
+    name = tiny.name
+    servers = {p: _policy_proxy(stack, plain_upstream, p, tmp_path / p) for p in ("refuse", "block", "text")}
+    try:
+        for server in servers.values():  # unflagged requests are forwarded whatever the policy
+            assert _content(_chat(server.url, retain[0], model=name)) == _local(tiny, [], retain[0])[0]
+
+        assert _content(_chat(servers["refuse"].url, forget[0], model=name)) == "I cannot discuss that."
+        with httpx.Client(base_url=servers["refuse"].url, timeout=30) as client:
+            streamed = _chat_body(forget[0], model=name, stream=True)
+            with client.stream("POST", "/v1/chat/completions", json=streamed) as response:
+                events = _stream_events(response)
+            text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1])
+            assert text == "I cannot discuss that." and events[-1] == "[DONE]"
+
+        blocked = assert_openai_error(_chat(servers["block"].url, forget[0], model=name), 403)
+        assert blocked["code"] == "blocked" and forget[0] not in blocked["message"]
+
+        # text: the selected tokens replaced by seeded random tokens, the text forwarded.
+        messages = [{"role": "user", "content": forget[0]}]
+        prompt = tiny.chat_prompt(messages)
+        plan = ForgetSetRouter(artifacts).route(prompt, messages, request_seed=0, embed=tiny.embed).plan
+        vocabulary = replacement_vocabulary(tiny.embedder)
+        ids = corrupt_token_ids(prompt, plan, vocabulary, None)
+        assert ids == corrupt_token_ids(prompt, plan, vocabulary, None)
+        mask = corruption_mask(prompt, plan)
+        assert [a for a, m in zip(ids, mask, strict=True) if not m] == [
+            a for a, m in zip(prompt.ids, mask, strict=True) if not m
+        ]
+        assert ids != list(prompt.ids)
+        text = tiny.tokenizer.decode(ids, skip_special_tokens=False)
+        expected = tiny.generate(tiny.text_prompt(text), GREEDY).text
+        text_url = servers["text"].url
+        first, again = (_content(_chat(text_url, forget[0], model=name)) for _ in range(2))
+        assert first == again == expected
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def test_stopping_the_upstream_is_a_502_and_the_proxy_stays_up(
+    stack: dict[str, Any], world_rows: dict[str, list[dict]]
+) -> None:
+    proxy, upstream = stack["proxy"], stack["upstream"]
+    assert upstream.stop() == 0
+    forget, retain = _questions(world_rows)
+    for question in (retain[0], forget[0]):
+        response, took = _timed_chat(proxy.base_url, question)
+        assert assert_openai_error(response, 502)["code"] in ("upstream_unavailable", "upstream_error")
+        assert took < 5.0
+    assert httpx.get(f"{proxy.base_url}/health", timeout=2).status_code == 200
+    with httpx.Client(base_url=proxy.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as admin:
+        assert admin.get("/admin/forget-sets").status_code == 200
