@@ -50,7 +50,8 @@ def _check_model(gateway: Gateway, body: dict[str, Any]) -> None:
     if not isinstance(model, str):
         raise bad_request("Missing required parameter: 'model'.", "model", "missing_parameter")
     if model != gateway.backend.model_id:
-        raise APIError(404, f"The model '{model}' does not exist.", "invalid_request_error", "model", "model_not_found")
+        message = f"The requested model does not exist; this server serves {gateway.backend.model_id}."  # not echoed
+        raise APIError(404, message, "invalid_request_error", "model", "model_not_found")
 
 
 def _content_text(content: Any) -> str:
