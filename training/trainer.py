@@ -175,9 +175,12 @@ def train_forget_set(
     cancel: threading.Event | None = None,
     *,
     forget_set_id: str | None = None,
+    classifier: ScopeClassifier | None = None,
 ) -> ForgetSetArtifact:
     """Train a forget set's classifier and interventions; returns the artifact (not yet saved).
 
+    ``classifier``: reuse an already trained scope classifier (e.g. to retrain the interventions
+    of an existing forget set with another method) instead of training one.
     Raises ``TrainingDataError`` / ``TrainingError`` on bad input before any work and
     ``TrainingCancelled`` when ``cancel`` is set; progress goes monotonically from 0 to 1.
     """
@@ -198,7 +201,8 @@ def train_forget_set(
     tracker = ProgressTracker(stages, progress, cancel)
     tracker.update("classifier", 0.0, "classifier")
 
-    classifier = _train_classifier(forget_rows, retain_rows, config, tracker)
+    if classifier is None:
+        classifier = _train_classifier(forget_rows, retain_rows, config, tracker)
     template = ForgetSetManifest(
         id=f"lethe-train-{abs(config.seed)}",
         name=name.strip(),
