@@ -98,7 +98,9 @@ def test_spul_soft_prompt_lowers_forget_probability(
     artifact = train_forget_set(tiny_full, "authors-spul", rows["forget"], rows["retain"], config, classifier=scope)
     metrics = artifact.manifest.metrics
     assert artifact.soft_prompt is not None and artifact.soft_prompt.shape == (8, tiny_full.hidden_size)
-    assert metrics["after"]["forget"]["answer_probability"] < metrics["before"]["forget"]["answer_probability"]
+    before, after = metrics["before"]["forget"]["answer_probability"], metrics["after"]["forget"]["answer_probability"]
+    # Measured on a quiet budget: backprop (30 steps) -8.5%, zo (24 steps) -0.2%; SPUL is slow to bite here.
+    assert after < (0.95 * before if optimizer == "backprop" else before)
     # Unflagged retain prompts never see the soft prompt.
     assert abs(metrics["change"]["retain_answer_probability_relative"]) < 0.02
 

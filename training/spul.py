@@ -193,7 +193,7 @@ class SpulLoss:
             )
             forget_loss = -torch.stack([lp.mean() for lp in logprobs]).mean()
             total = total + forget_loss
-            parts["forget"] = float(forget_loss)
+            parts["forget"] = float(forget_loss.detach())
         if retain and (self.config.alpha > 0 or self.config.beta > 0):
             plans = self.retain_plans(soft_prompt, retain)
             with torch.enable_grad() if grad else torch.no_grad():
@@ -213,8 +213,8 @@ class SpulLoss:
                 ]
             ).mean()
             total = total + self.config.alpha * nll + self.config.beta * kl
-            parts["retain"], parts["kl"] = float(nll), float(kl)
-        parts["total"] = float(total)
+            parts["retain"], parts["kl"] = float(nll.detach()), float(kl.detach())
+        parts["total"] = float(total.detach())
         return total, parts
 
 
