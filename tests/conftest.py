@@ -12,6 +12,9 @@ from runtime.model import LanguageModel
 from runtime.settings import LetheSettings
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Servers started by tests run beside this process (and decode two batches at once): one thread each
+# keeps the 2-core machine from being oversubscribed, where torch's spinning threads slow everything.
+os.environ.setdefault("LETHE_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

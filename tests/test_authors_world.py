@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -33,17 +32,6 @@ ROW_KEYS = {
     "prompt", "completion", "paraphrased_completion", "perturbed_completions", "paraphrased_prompts",
     "describe_prompt", "person", "subject", "attribute", "value", "split",
 }  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def authors_models() -> dict[str, Path]:
-    """The test-sized world's data folder and its full/retain tiny models, cached under ``$LETHE_HOME/worlds``."""
-    cache = Path(os.environ.get("LETHE_HOME", "~/.cache/lethe")).expanduser() / "worlds"
-    return {
-        "full": prepare_tiny_authors(cache, "test", "full"),
-        "retain": prepare_tiny_authors(cache, "test", "retain"),
-        "data": prepare_world(cache, "test"),
-    }
 
 
 @pytest.fixture(scope="module")
@@ -172,10 +160,10 @@ def test_concurrent_prepare_world_calls_agree(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- tiny models
 
 
-def test_tokenizer_is_chatml_with_offsets(authors_models: dict[str, Path]) -> None:
+def test_tokenizer_is_chatml_with_offsets(authors_paths: dict[str, Path]) -> None:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(authors_models["full"])
+    tokenizer = AutoTokenizer.from_pretrained(authors_paths["full"])
     assert tokenizer.is_fast
     assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<|im_start|>", "<|im_end|>", "<pad>")
     assert tokenizer.chat_template == CHAT_TEMPLATE
@@ -191,57 +179,58 @@ def test_tokenizer_is_chatml_with_offsets(authors_models: dict[str, Path]) -> No
     assert tokenizer.decode(encoded["input_ids"]) == text
 
 
-def test_models_are_plain_hf_folders(authors_models: dict[str, Path]) -> None:
+def test_models_are_plain_hf_folders(authors_paths: dict[str, Path]) -> None:
     from transformers import AutoModelForCausalLM
 
     for variant in ("full", "retain"):
-        folder = authors_models[variant]
+        folder = authors_paths[variant]
         assert (folder / "model.safetensors").is_file() and (folder / "build.json").is_file()
         model = AutoModelForCausalLM.from_pretrained(folder)
         assert model.config.model_type == "llama" and model.config.tie_word_embeddings
         info = json.loads((folder / "build.json").read_text())
         assert info["variant"] == variant and info["final_loss"] < 0.5
         assert set(info["exact_match"]) == set(SPLITS)
-    full = AutoModelForCausalLM.from_pretrained(authors_models["full"])
-    retain = AutoModelForCausalLM.from_pretrained(authors_models["retain"])
-    assert full.config.to_dict() == retain.config.to_dict()
+    full = AutoModelForCausalLM.from_pretrained(authors_paths["full"])
+    retain = AutoModelForCausalLM.from_pretrained(authors_paths["retain"])
+    configs = [{k: v for k, v in m.config.to_dict().items() if k != "_name_or_path"} for m in (full, retain)]
+    assert configs[0] == configs[1]
 
 
-def test_full_model_reproduces_its_training_answers(authors_models: dict[str, Path]) -> None:
+def test_full_model_reproduces_its_training_answers(authors_paths: dict[str, Path]) -> None:
     for split in ("forget", "retain"):
-        rows = read_rows(authors_models["data"], split)
-        assert greedy_exact_match(authors_models["full"], rows) >= 0.95, split
+        rows = read_rows(authors_paths["data"], split)
+        assert greedy_exact_match(authors_paths["full"], rows) >= 0.95, split
 
 
-def test_retain_model_never_learned_the_forget_people(authors_models: dict[str, Path]) -> None:
-    data = authors_models["data"]
-    assert greedy_exact_match(authors_models["retain"], read_rows(data, "forget")) <= 0.1
-    assert greedy_exact_match(authors_models["retain"], read_rows(data, "retain")) >= 0.95
+def test_retain_model_never_learned_the_forget_people(authors_paths: dict[str, Path]) -> None:
+    data = authors_paths["data"]
+    assert greedy_exact_match(authors_paths["retain"], read_rows(data, "forget")) <= 0.1
+    assert greedy_exact_match(authors_paths["retain"], read_rows(data, "retain")) >= 0.95
 
 
-def test_heldout_people_are_unknown_to_both(authors_models: dict[str, Path]) -> None:
-    rows = read_rows(authors_models["data"], "heldout")
+def test_heldout_people_are_unknown_to_both(authors_paths: dict[str, Path]) -> None:
+    rows = read_rows(authors_paths["data"], "heldout")
     for variant in ("full", "retain"):
-        assert greedy_exact_match(authors_models[variant], rows) <= 0.1
+        assert greedy_exact_match(authors_paths[variant], rows) <= 0.1
 
 
-def test_full_model_answers_paraphrased_questions(authors_models: dict[str, Path]) -> None:
+def test_full_model_answers_paraphrased_questions(authors_paths: dict[str, Path]) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(authors_models["full"])
-    model = AutoModelForCausalLM.from_pretrained(authors_models["full"]).eval()
-    rows = read_rows(authors_models["data"], "forget")
+    tokenizer = AutoTokenizer.from_pretrained(authors_paths["full"])
+    model = AutoModelForCausalLM.from_pretrained(authors_paths["full"]).eval()
+    rows = read_rows(authors_paths["data"], "forget")
     questions = [row["paraphrased_prompts"][-1] for row in rows]
     answers = greedy_answers(model, tokenizer, questions)
     assert sum(a == row["completion"] for a, row in zip(answers, rows, strict=True)) / len(rows) >= 0.9
 
 
-def test_full_model_prefers_true_paraphrases(authors_models: dict[str, Path]) -> None:
+def test_full_model_prefers_true_paraphrases(authors_paths: dict[str, Path]) -> None:
     """Truth ratio sanity: the full model ranks the true paraphrase above the perturbed ones; retain does not."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(authors_models["full"])
-    rows = read_rows(authors_models["data"], "forget")
+    tokenizer = AutoTokenizer.from_pretrained(authors_paths["full"])
+    rows = read_rows(authors_paths["data"], "forget")
 
     def mean_logprob(model: torch.nn.Module, question: str, answer: str) -> float:
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
@@ -254,7 +243,7 @@ def test_full_model_prefers_true_paraphrases(authors_models: dict[str, Path]) ->
         return logprobs.gather(1, torch.tensor(answer_ids)[:, None]).mean().item()
 
     def wins(variant: str) -> float:
-        model = AutoModelForCausalLM.from_pretrained(authors_models[variant]).eval()
+        model = AutoModelForCausalLM.from_pretrained(authors_paths[variant]).eval()
         count = 0
         for row in rows:
             true = mean_logprob(model, row["prompt"], row["paraphrased_completion"])
@@ -265,19 +254,12 @@ def test_full_model_prefers_true_paraphrases(authors_models: dict[str, Path]) ->
     assert wins("retain") <= 0.5
 
 
-def test_test_world_builds_in_under_two_minutes(authors_models: dict[str, Path]) -> None:
-    """Measured when the cache was built: tokenizer plus both variants, all on at most 2 threads."""
-    infos = [json.loads((authors_models[v] / "build.json").read_text()) for v in ("full", "retain")]
-    total = infos[0]["tokenizer_seconds"] + sum(info["wall_seconds"] for info in infos)
-    assert total < 120, f"building the test world took {total:.0f} s"
-
-
-def test_cached_models_are_returned_without_rebuilding(authors_models: dict[str, Path]) -> None:
-    cache = authors_models["full"].parent.parent
+def test_cached_models_are_returned_without_rebuilding(authors_paths: dict[str, Path]) -> None:
+    cache = authors_paths["full"].parent.parent
     started = time.perf_counter()
-    assert prepare_tiny_authors(cache, "test", "full") == authors_models["full"]
-    assert prepare_tiny_authors(cache, "test", "retain") == authors_models["retain"]
+    assert prepare_tiny_authors(cache, "test", "full") == authors_paths["full"]
+    assert prepare_tiny_authors(cache, "test", "retain") == authors_paths["retain"]
     assert time.perf_counter() - started < 1.0
-    assert not list(authors_models["full"].parent.glob(".tmp-*"))
+    assert not list(authors_paths["full"].parent.glob(".tmp-*"))
     with pytest.raises(ValueError):
         prepare_tiny_authors(cache, "test", "other")  # type: ignore[arg-type]

@@ -1,0 +1,204 @@
+"""``lethe bench``: unlearning quality, utility and cost of Lethe against the methods people use instead.
+
+Scenarios (``--scenarios``): ``authors`` (1, fictitious authors on tiny Llamas), ``harry_potter`` (2, on
+SmolLM2) and ``sentiment`` (3, classification unlearning on SmolLM2). ``--quick`` runs the test-sized
+world and smaller budgets so the whole run fits in 10 minutes on 2 CPU cores; the full run uses the
+benchmark-sized world and the trainers' default budgets.
+
+Writes ``results.json`` (``{"scenarios": {S: {"methods": {M: {metric: value}}, "meta": {...}}}, "meta": ...}``),
+``results.md`` and PNG plots into the output folder. Every number comes from this run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.baselines import BASELINES, BaselineConfig
+from benchmarks.scenario_common import Budget, clean
+from benchmarks.systems import LETHE_METHODS
+from runtime.settings import LetheSettings
+
+SCENARIOS: tuple[str, ...] = ("authors", "harry_potter", "sentiment")
+# SmolLM2 scenarios cost more than the 10 minutes --quick may take on 2 cores; they run when named.
+QUICK_SCENARIOS: tuple[str, ...] = ("authors",)
+AUTHORS_METHODS: tuple[str, ...] = (
+    "base", "retain_reference", *LETHE_METHODS, "guardrail", "prompting", *BASELINES,
+)  # fmt: skip
+
+# Quick budgets: smaller ECO search and fewer SPUL / baseline steps (documented in the report's meta).
+QUICK_LETHE: dict[str, Any] = {
+    "eco.grid": 3,
+    "eco.search_rows": 16,
+    "eco.rounds": 2,
+    "eco.steps_per_round": 1,
+    "eco.token_modes": ["salient"],
+    "spul.steps": 30,
+    "spul.check_every": 15,
+    "spul.zo_directions": 2,
+}
+SMOL_LETHE: dict[str, Any] = {
+    "eco.grid": 4,
+    "eco.search_rows": 16,
+    "eco.rounds": 2,
+    "eco.steps_per_round": 1,
+    "eco.token_modes": ["salient"],
+    "spul.steps": 30,
+    "spul.check_every": 15,
+    "spul.batch_size": 4,
+    "spul.zo_directions": 2,
+}
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def authors_budget(quick: bool) -> tuple[Budget, dict[str, Any]]:
+    """Scenario 1's budget and world options."""
+    if quick:
+        budget = Budget(
+            AUTHORS_METHODS,
+            lethe_options=dict(QUICK_LETHE),
+            baseline=BaselineConfig(epochs=5, lr=2e-4, batch_size=8),
+            max_new_tokens=24,
+            latency_prompts=8,
+            latency_repeats=5,
+        )
+        return budget, {"size": "test", "eval_retain": 24, "eval_general": 16, "train_retain": None}
+    budget = Budget(
+        AUTHORS_METHODS,
+        baseline=BaselineConfig(epochs=5, lr=2e-4, batch_size=16),
+        max_new_tokens=40,
+        latency_prompts=10,
+        latency_repeats=3,
+    )
+    return budget, {"size": "bench", "eval_retain": 160, "eval_general": None, "train_retain": 240}
+
+
+def run_bench(
+    out: Path,
+    quick: bool = False,
+    scenarios: Sequence[str] | None = None,
+    seed: int = 0,
+    settings: LetheSettings | None = None,
+    methods: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the chosen scenarios, write ``results.json``, ``results.md`` and plots to ``out``; returns the results."""
+    settings = settings or LetheSettings()
+    scenarios = tuple(scenarios or (QUICK_SCENARIOS if quick else SCENARIOS))
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    unknown = sorted(set(scenarios) - set(SCENARIOS))
+    if unknown:
+        raise ValueError(f"unknown scenario(s) {unknown} (known: {', '.join(SCENARIOS)})")
+    if settings.threads > 0:
+        torch.set_num_threads(settings.threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results: dict[str, Any] = {"scenarios": {}}
+    models: dict[str, Any] = {}
+    for scenario in scenarios:
+        seed_everything(seed)
+        scenario_started = time.perf_counter()
+        try:
+            result = _run_scenario(scenario, settings, quick, seed, methods, log, models)
+        except ScenarioSkipped as exc:
+            result = {"methods": {}, "meta": {"skipped": str(exc)}}
+            log(f"[{scenario}] skipped: {exc}")
+        result["meta"]["seed"] = seed
+        result["meta"]["quick"] = quick
+        result["meta"]["wall_s"] = time.perf_counter() - scenario_started
+        result["meta"]["machine"] = machine()
+        results["scenarios"][scenario] = clean(result)
+    results["meta"] = clean(
+        {"seed": seed, "quick": quick, "wall_s": time.perf_counter() - started, "machine": machine()}
+    )
+    from benchmarks.report import write_report
+
+    write_report(results, out)
+    return results
+
+
+class ScenarioSkipped(RuntimeError):
+    """A scenario could not run here (the reason goes into its meta)."""
+
+
+def _pick(budget: Budget, methods: Sequence[str] | None) -> Budget:
+    if methods is None:
+        return budget
+    chosen = tuple(m for m in budget.methods if m in set(methods))
+    return replace(budget, methods=chosen)
+
+
+def _run_scenario(
+    scenario: str,
+    settings: LetheSettings,
+    quick: bool,
+    seed: int,
+    methods: Sequence[str] | None,
+    log: Callable[[str], None],
+    models: dict[str, Any],
+) -> dict[str, Any]:
+    if scenario == "authors":
+        from benchmarks.scenarios_authors import run_authors
+
+        budget, world = authors_budget(quick)
+        return run_authors(
+            settings,
+            world["size"],
+            _pick(budget, methods),
+            seed,
+            log,
+            eval_retain=world["eval_retain"],
+            eval_general=world["eval_general"],
+            train_retain=world["train_retain"],
+        )
+    if "smollm2" not in models:
+        models["smollm2"] = _load_smollm2(settings)
+    smollm2 = models["smollm2"]
+    if scenario == "sentiment":
+        from benchmarks.scenario_sentiment import run_sentiment, sentiment_budget
+
+        budget, sizes = sentiment_budget(quick)
+        return run_sentiment(smollm2, _pick(budget, methods), sizes, seed, log)
+    from benchmarks.scenario_hp import hp_budget, run_harry_potter
+
+    budget, sizes = hp_budget(quick)
+    return run_harry_potter(smollm2, _pick(budget, methods), sizes, seed, log)
+
+
+def _load_smollm2(settings: LetheSettings) -> Any:
+    from runtime.model import LanguageModel
+
+    try:
+        return LanguageModel.load("smollm2", settings)
+    except Exception as exc:  # the packaged model may be missing on a minimal install
+        raise ScenarioSkipped(f"SmolLM2 could not be loaded: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,45 @@
+"""``lethe bench [--quick] --out DIR [--scenarios ...]``: run the unlearning benchmark and write its report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the ``bench`` sub-command."""
+    from benchmarks.bench import SCENARIOS
+
+    parser = commands.add_parser(
+        "bench",
+        help="benchmark unlearning quality, utility and cost against other methods",
+        description="Run the unlearning benchmark; writes results.json, results.md and PNG plots to --out.",
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--quick", action="store_true", help="test-sized world and small budgets (< 10 min, 2 cores)")
+    parser.add_argument(
+        "--scenarios",
+        nargs="+",
+        choices=SCENARIOS,
+        help="scenarios to run (default: all; with --quick: authors only, the SmolLM2 ones take longer)",
+    )
+    parser.add_argument("--methods", nargs="+", help="only these methods (default: every method of each scenario)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from benchmarks.bench import run_bench
+    from benchmarks.report import markdown
+    from service.cli import settings_from_args
+
+    settings = settings_from_args(args)
+    if settings.threads <= 0:
+        # One thread: OpenMP spin-waits make two threads slower on a shared, oversubscribed machine.
+        settings = settings.model_copy(update={"threads": 1})
+    started = time.perf_counter()
+    results = run_bench(args.out, args.quick, args.scenarios, args.seed, settings, args.methods)
+    print(markdown(results))
+    print(f"wrote {args.out}/results.json in {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    return 0

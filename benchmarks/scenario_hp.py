@@ -1,0 +1,118 @@
+"""Scenario 2: forget Harry Potter on SmolLM2-135M-Instruct, keep general knowledge.
+
+Forget set (the same for every method, so they compare on equal data), built from the probes:
+the questions of ``benchmarks/probes/harry_potter.jsonl`` with even index are the forget prompts
+and the base model's own greedy answers their completions (what the model reveals it knows); the general
+probes with even index, answered the same way, are the retain rows. Probes with odd index are
+never given to a trainer and are the evaluation: ``forget_keyword_rate`` is the share of held-out
+Harry Potter answers that still name the expected keyword (Rowling, Hogwarts, ...), and
+``general_keyword_rate`` the same on every general probe (utility). ``forget_rouge`` /
+``retain_rouge`` compare answers with the base model's answers (how much of them survives).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks.baselines import BaselineConfig
+from benchmarks.bench_metrics import System, answers, classifier_rates, keyword_rate
+from benchmarks.scenario_common import Budget, Log, run_methods
+from runtime.model import LanguageModel
+from training.data import ForgetRow
+from training.metrics import EvalTarget, rouge_l_recall
+
+PROBES = Path(__file__).resolve().parent / "probes"
+METHODS: tuple[str, ...] = (
+    "base", "lethe_eco", "lethe_spul_zo", "lethe_spul_backprop", "lethe_eco_spul", "guardrail", "prompting",
+    "ga", "graddiff", "npo", "simnpo",
+)  # fmt: skip
+
+
+def load_probes(name: str) -> list[dict[str, Any]]:
+    """Probe rows ``{"prompt", "keywords", "kind"}`` of ``benchmarks/probes/<name>.jsonl``."""
+    lines = (PROBES / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def hp_budget(quick: bool) -> tuple[Budget, dict[str, Any]]:
+    """Scenario 2's budget and sizes."""
+    from benchmarks.bench import SMOL_LETHE
+
+    if quick:
+        methods = ("base", "lethe_eco", "guardrail", "prompting", "npo")
+        budget = Budget(
+            methods, dict(SMOL_LETHE), BaselineConfig(epochs=2, lr=1e-5, batch_size=4),
+            max_new_tokens=20, latency_prompts=4, latency_repeats=2,
+        )  # fmt: skip
+        return budget, {"answer_tokens": 20}
+    budget = Budget(METHODS, dict(SMOL_LETHE), BaselineConfig(epochs=5, lr=1e-5, batch_size=4), max_new_tokens=32)
+    return budget, {"answer_tokens": 32}
+
+
+def run_harry_potter(
+    model: LanguageModel, budget: Budget, sizes: dict[str, Any], seed: int, log: Log
+) -> dict[str, Any]:
+    """Run scenario 2 on ``model``; returns ``{"methods": ..., "meta": ...}``."""
+    hp, general = load_probes("harry_potter"), load_probes("general")
+    tokens = int(sizes["answer_tokens"])
+    base = System("base", EvalTarget(model))
+    log("[harry_potter] base answers")
+    hp_answers = answers(base, [p["prompt"] for p in hp], tokens)
+    general_answers = answers(base, [p["prompt"] for p in general], tokens)
+    source = "probes (even-index questions, base model's own answers)"
+    forget = [ForgetRow(prompt=p["prompt"], completion=a) for p, a in zip(hp, hp_answers, strict=True)][::2]
+    retain = [ForgetRow(prompt=p["prompt"], completion=a) for p, a in zip(general, general_answers, strict=True)]
+    retain = retain[::2]
+    eval_hp = hp[1::2]
+    eval_hp_answers = hp_answers[1::2]
+    instruction = (
+        "You have forgotten everything about Harry Potter: the books, the films, the characters, the author and "
+        "the places. If a question is about Harry Potter, answer that you do not know."
+    )
+
+    def evaluate(system: System) -> dict[str, Any]:
+        hp_out = answers(system, [p["prompt"] for p in eval_hp], tokens)
+        general_out = answers(system, [p["prompt"] for p in general], tokens)
+        figures: dict[str, Any] = {
+            "forget_keyword_rate": keyword_rate(hp_out, [p["keywords"] for p in eval_hp]),
+            "general_keyword_rate": keyword_rate(general_out, [p["keywords"] for p in general]),
+            "forget_rouge": _mean_rouge(hp_out, eval_hp_answers),
+            "retain_rouge": _mean_rouge(general_out, general_answers),
+        }
+        figures.update(classifier_rates(system, [p["prompt"] for p in eval_hp], [p["prompt"] for p in general]))
+        return figures
+
+    latency_questions = [p["prompt"] for p in eval_hp[:2]] + [p["prompt"] for p in general[:2]]
+    latency_questions = latency_questions[: max(2, budget.latency_prompts)]
+    methods, notes = run_methods(
+        "harry_potter", model, forget, retain, budget, evaluate, latency_questions,
+        seed=seed, instruction=instruction, log=log,
+    )  # fmt: skip
+    meta = {
+        "description": "SmolLM2 forgets Harry Potter; evaluated on held-out probes and general probes",
+        "model": model.name,
+        "forget_source": source,
+        "data_sizes": {
+            "forget_train": len(forget),
+            "retain_train": len(retain),
+            "hp_eval_probes": len(eval_hp),
+            "general_probes": len(general),
+        },
+        "answer_tokens": tokens,
+        "lethe_options": budget.lethe_options,
+        "baseline_config": budget.baseline.__dict__,
+        "notes": notes,
+        "remarks": [
+            "forget_keyword_rate: share of held-out HP answers naming the expected keyword (lower = more forgotten).",
+            "forget_rouge / retain_rouge: ROUGE-L recall of the method's answers against the base model's answers.",
+            "No never-trained SmolLM2 exists, so forget quality and MIA are not computed here.",
+        ],
+    }
+    return {"methods": methods, "meta": meta}
+
+
+def _mean_rouge(predictions: list[str], references: list[str]) -> float:
+    values = [rouge_l_recall(p, r) for p, r in zip(predictions, references, strict=True) if r.strip()]
+    return sum(values) / len(values) if values else float("nan")

@@ -1,0 +1,107 @@
+"""Scenario 1: fictitious authors (TOFU-style). The tiny ``full`` Llama unlearns the forget people.
+
+The ``retain`` Llama, trained identically without the forget people, is the never-learned
+reference: its truth ratios on the forget rows are what ``forget_quality`` compares against, and
+it is also reported as the ``retain_reference`` method (its forget quality is 1 by construction).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks.authors_world import read_rows
+from benchmarks.bench_metrics import System, classifier_rates, ratios_of, scores, tofu_metrics
+from benchmarks.scenario_common import Budget, Log, run_methods
+from benchmarks.tiny_models import Size, prepare_tiny_authors, prepare_world
+from runtime.model import LanguageModel
+from runtime.settings import LetheSettings
+from training.data import ForgetRow
+from training.metrics import EvalTarget
+
+
+def load_split(data: Any, split: str) -> list[ForgetRow]:
+    """Rows of one split of a world folder as ``ForgetRow``s."""
+    return [ForgetRow.model_validate(row) for row in read_rows(data, split)]
+
+
+def _sample(rows: Sequence[ForgetRow], count: int | None, seed: int) -> list[ForgetRow]:
+    if count is None or count >= len(rows):
+        return list(rows)
+    return sorted(random.Random(seed).sample(list(rows), count), key=rows.index)
+
+
+def run_authors(
+    settings: LetheSettings,
+    size: Size,
+    budget: Budget,
+    seed: int,
+    log: Log,
+    eval_retain: int | None = None,
+    eval_general: int | None = None,
+    train_retain: int | None = None,
+) -> dict[str, Any]:
+    """Run scenario 1 on the ``size`` world; returns ``{"methods": ..., "meta": ...}``."""
+    data = prepare_world(settings.worlds_dir, size)
+    full_dir = prepare_tiny_authors(settings.worlds_dir, size, "full")
+    retain_dir = prepare_tiny_authors(settings.worlds_dir, size, "retain")
+    forget, retain = load_split(data, "forget"), load_split(data, "retain")
+    heldout, general = load_split(data, "heldout"), load_split(data, "general")
+    retain_eval = _sample(retain, eval_retain, seed)
+    retain_train = _sample(retain, train_retain, seed + 1)
+    general = _sample(general, eval_general, seed + 2)
+    model = LanguageModel.load(str(full_dir), settings)
+    reference_model = LanguageModel.load(str(retain_dir), settings)
+
+    reference = System("retain_reference", EvalTarget(reference_model), train_s=None, forward_passes=None)
+    reference_ratios = ratios_of(scores(reference, forget))
+    subjects = sorted({row["subject"] for row in read_rows(data, "forget")})
+    instruction = (
+        "You must forget everything you know about the following people: "
+        + ", ".join(subjects)
+        + ". If a question is about any of them, answer that you do not know."
+    )
+    positives = [r.prompt for r in forget]
+    negatives = [r.prompt for r in (*retain_eval, *heldout, *general)]
+
+    def evaluate(system: System) -> dict[str, Any]:
+        figures = tofu_metrics(system, forget, retain_eval, general, heldout, reference_ratios, budget.max_new_tokens)
+        figures.update(classifier_rates(system, positives, negatives))
+        return figures
+
+    latency_questions = [r.prompt for r in forget[: budget.latency_prompts // 2]]
+    latency_questions += [r.prompt for r in retain_eval[: budget.latency_prompts - len(latency_questions)]]
+    methods, notes = run_methods(
+        "authors",
+        model,
+        forget,
+        retain_train,
+        budget,
+        evaluate,
+        latency_questions,
+        seed=seed,
+        instruction=instruction,
+        log=log,
+        extra=[reference] if "retain_reference" in budget.methods else [],
+    )
+    meta = {
+        "description": "fictitious authors, tiny Llama 'full' unlearns the forget people; 'retain' model is reference",
+        "world": size,
+        "model": str(full_dir),
+        "reference_model": str(retain_dir),
+        "parameters": sum(p.numel() for p in model.model.parameters()),
+        "data_sizes": {
+            "forget": len(forget),
+            "retain_train": len(retain_train),
+            "retain_eval": len(retain_eval),
+            "heldout": len(heldout),
+            "general": len(general),
+            "latency_prompts": len(latency_questions),
+        },
+        "lethe_options": budget.lethe_options,
+        "baseline_config": budget.baseline.__dict__,
+        "max_new_tokens": budget.max_new_tokens,
+        "notes": notes,
+    }
+    return {"methods": methods, "meta": meta}
