@@ -117,6 +117,11 @@ class ForgetSetManager:
 
         if self._model() is None:
             raise APIError(501, "Training needs a local model; this gateway has none.", code="training_unavailable")
+        if body.forget is None and body.topic is None:
+            raise APIError(
+                400, "Missing required parameter: 'forget' (or give a 'topic').", "invalid_request_error", "forget",
+                "missing_parameter",
+            )  # fmt: skip
         try:
             forget = parse_rows(body.forget, "forget") if body.forget is not None else []
             retain = parse_rows(body.retain, "retain", required=False) if body.retain is not None else None

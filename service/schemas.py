@@ -193,8 +193,8 @@ class ForgetSetCreate(_Strict):
 
     @model_validator(mode="after")
     def _forget_or_topic(self) -> ForgetSetCreate:
-        if (self.forget is None) == (self.topic is None):
-            raise ValueError("give exactly one of 'forget' (rows) or 'topic' (the model reveals what it knows)")
+        if self.forget is not None and self.topic is not None:
+            raise ValueError("give 'forget' (rows) or 'topic' (the model reveals what it knows), not both")
         if self.seed_prompts is not None and self.topic is None:
             raise ValueError("'seed_prompts' go with 'topic'")
         return self

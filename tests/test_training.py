@@ -154,8 +154,10 @@ def test_training_is_reproducible_for_a_seed(tiny_full: LanguageModel, rows: dic
     first = train_forget_set(tiny_full, "a", forget, retain, config, classifier=scope)
     second = train_forget_set(tiny_full, "a", forget, retain, config, classifier=scope)
     assert first.manifest.parameters == second.manifest.parameters
-    if first.strengths is not None:
-        assert torch.equal(first.strengths, second.strengths)
+    assert (first.cluster_strengths is None) == (second.cluster_strengths is None)
+    if first.cluster_strengths is not None:
+        assert torch.equal(first.cluster_strengths, second.cluster_strengths)
+        assert torch.equal(first.cluster_centroids, second.cluster_centroids)
 
 
 def test_progress_is_monotone_and_cancel_stops_the_run(

@@ -35,7 +35,17 @@ DEMO_SEED_PROMPTS = (
     "What magical creatures appear in Harry Potter?",
     "Tell me about the Weasley family.",
 )
-DEMO_OPTIONS: dict[str, Any] = {"seed": 0, "topic.budget": 64, "topic.rounds": 2}
+# Smaller search than the trainer's defaults so the first `lethe serve --demo` stays in minutes on 2 cores.
+DEMO_OPTIONS: dict[str, Any] = {
+    "seed": 0,
+    "topic.budget": 48,
+    "topic.rounds": 2,
+    "topic.retain_questions": 32,
+    "eco.grid": 4,
+    "eco.search_rows": 24,
+    "eco.rounds": 2,
+    "eco.steps_per_round": 2,
+}
 
 
 def demo_folder(settings: LetheSettings, model: LanguageModel) -> Path:
