@@ -542,6 +542,10 @@ def test_bad_input_gets_openai_errors_and_changes_nothing(server: GatewayServer,
             ({"name": "x", "forget": forget, "method": "eco", "options": {"no_such_option": 1}}, "options"),
             ({"name": "x", "forget": forget, "method": "eco", "options": []}, "options"),
             ({"name": "x", "forget": forget, "method": "eco", "extra": 1}, "extra"),
+            ({"name": "x", "forget": forget, "topic": "Harry Potter", "method": "eco"}, None),
+            ({"name": "x", "forget": forget, "seed_prompts": ["Who?"], "method": "eco"}, None),
+            ({"name": "x", "topic": "", "method": "eco"}, "topic"),
+            ({"name": "x", "topic": "Harry Potter", "method": "eco", "options": {"topic.budget": 1}}, "options"),
         ]
         for body, param in admin_cases:
             assert_openai_error(admin.post("/admin/forget-sets", json=body), 400, param if param else "<any>")
