@@ -42,22 +42,13 @@ from runtime.generation import SamplingParams
 from runtime.model import LanguageModel
 from runtime.settings import LetheSettings
 from runtime.unlearning import ForgetSetRouter
+from training.presets import SMOKE_OPTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_KEY = "bench-key"
 BENCH_ADMIN_KEY = "bench-admin-key"
 # The forget set only has to exist and flag prompts; its quality is not what is measured here.
-FAST_OPTIONS: dict[str, Any] = {
-    "eco": {
-        "grid": 3,
-        "search_rows": 12,
-        "rounds": 1,
-        "steps_per_round": 1,
-        "candidates": ["rand_noise_first_n:64"],
-        "token_modes": ["all"],
-    },
-    "evaluate": False,
-}
+FAST_OPTIONS = SMOKE_OPTIONS
 
 
 def _percentiles(seconds: Sequence[float]) -> dict[str, float]:

@@ -22,20 +22,11 @@ from test_gateway_support import GatewayServer, assert_openai_error, wait_for_jo
 from runtime.generation import SamplingParams
 from runtime.model import LanguageModel
 from runtime.unlearning import ForgetSetRouter
+from training.presets import SMOKE_OPTIONS
 
 MODEL = "tiny-authors"
 # A small training budget: the end-to-end path matters here, not the quality of the forgetting.
-FAST_OPTIONS: dict[str, Any] = {
-    "eco": {
-        "grid": 3,
-        "search_rows": 12,
-        "rounds": 1,
-        "steps_per_round": 1,
-        "candidates": ["rand_noise_first_n:64"],
-        "token_modes": ["all"],
-    },
-    "evaluate": False,
-}
+FAST_OPTIONS = SMOKE_OPTIONS
 SLOW_OPTIONS: dict[str, Any] = {}  # the defaults: long enough to interrupt a running job
 GREEDY = SamplingParams(max_new_tokens=24)
 

@@ -29,19 +29,10 @@ from test_gateway_support import ADMIN_KEY, API_KEY, GatewayServer, assert_opena
 from benchmarks.evasion import evaluate_attacks
 from benchmarks.fuzz import fuzz_gateway
 from benchmarks.loadtest import run_load
+from training.presets import SMOKE_OPTIONS
 
 MODEL = "tiny-authors"
-FAST_OPTIONS: dict[str, Any] = {
-    "eco": {
-        "grid": 3,
-        "search_rows": 12,
-        "rounds": 1,
-        "steps_per_round": 1,
-        "candidates": ["rand_noise_first_n:64"],
-        "token_modes": ["all"],
-    },
-    "evaluate": False,
-}
+FAST_OPTIONS = SMOKE_OPTIONS
 CANARY = "QX-canary-7731-zebra"
 
 
@@ -199,8 +190,18 @@ def test_path_traversal_in_ids_and_names_touches_nothing_outside_the_registry(se
     victim.write_text("keep me")
     outside_before = sorted(p.name for p in server.registry.parent.iterdir())
     before = _registry_state(server)
-    ids = ["../victim.txt", "..%2Fvictim.txt", "%2e%2e%2fvictim.txt", "..%2F..%2Fregistry%2Fregistry.sqlite3",
-           "fs-../../victim.txt", "artifacts%2F..%2F..%2Fvictim.txt", "..", "%2e%2e", "fs-%00", "fs-" + "a" * 4000]
+    ids = [
+        "../victim.txt",
+        "..%2Fvictim.txt",
+        "%2e%2e%2fvictim.txt",
+        "..%2F..%2Fregistry%2Fregistry.sqlite3",
+        "fs-../../victim.txt",
+        "artifacts%2F..%2F..%2Fvictim.txt",
+        "..",
+        "%2e%2e",
+        "fs-%00",
+        "fs-" + "a" * 4000,
+    ]
     with server.admin() as admin:
         for value in ids:
             for method, path, body in (

@@ -265,23 +265,14 @@ def train_spul(
     history: list[dict[str, Any]] = []
     checks: list[dict[str, Any]] = []
     step = 0
+
+    def check(prompt: torch.Tensor, at_step: int) -> np.ndarray:
+        args = (model, factory, parameters, centroids, strengths, prompt, samples, goal, draws, config, checks)
+        return _check(*args, at_step, mode)
+
     for step in range(config.steps):
         if step % config.check_every == 0:
-            working = _check(
-                model,
-                factory,
-                parameters,
-                centroids,
-                strengths,
-                soft_prompt,
-                samples,
-                goal,
-                draws,
-                config,
-                checks,
-                step,
-                mode,
-            )
+            working = check(soft_prompt, step)
             if not working.any():
                 break
         forget_batch = [
@@ -294,21 +285,7 @@ def train_spul(
         if step % max(1, config.steps // 20) == 0:
             history.append({"step": step, **parts})
         report((step + 1) / max(1, config.steps), f"spul: step {step + 1}/{config.steps}")
-    working = _check(
-        model,
-        factory,
-        parameters,
-        centroids,
-        strengths,
-        soft_prompt,
-        samples,
-        goal,
-        draws,
-        config,
-        checks,
-        step + 1,
-        mode,
-    )
+    working = check(soft_prompt, step + 1)
     details = {
         "optimizer": config.optimizer,
         "target": config.target,
