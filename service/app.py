@@ -44,8 +44,6 @@ def create_app(gateway: Gateway) -> FastAPI:
             503, "The server is overloaded; retry shortly.", OVERLOADED, None, "overloaded", {"Retry-After": "1"}
         ).response()
 
-    if proxy_routes.serves(gateway):
-        app.include_router(proxy_routes.router)  # ahead of the local routes it falls back on for flagged requests
     app.include_router(openai_routes.router)
     app.include_router(import_routes.router)
     app.include_router(admin_routes.router)
@@ -71,7 +69,10 @@ def create_app(gateway: Gateway) -> FastAPI:
         current.keys.check_admin(request)
         return Response(current.metrics.render(), media_type=current.metrics.content_type)
 
-    # The last added is the outermost: metrics see the body limit's 413s too.
+    # The last added is the outermost: metrics see the body limit's 413s too, and proxy mode's fast path
+    # gets bodies already size-checked.
+    if proxy_routes.serves(gateway):
+        app.add_middleware(proxy_routes.ProxyFastPath, gateway=gateway)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=gateway.settings.max_body_bytes,

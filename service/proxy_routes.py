@@ -1,33 +1,41 @@
-"""Proxy-mode inference routes: screen each request, forward the unflagged ones, serve the flagged ones.
+"""Proxy mode's hot path: screen each inference request, forward the unflagged ones, hand on the flagged ones.
+
+``ProxyFastPath`` is an ASGI layer inside the body limit and the metrics, ahead of FastAPI's
+routing: an unflagged ``POST /v1/chat/completions`` or ``/v1/completions`` is checked (key,
+JSON, model), classified and forwarded to the upstream unchanged without going through
+FastAPI's request handling, which alone costs more than the sub-millisecond the proxy may add.
+A flagged request falls through to FastAPI, where the local routes (``service.openai_routes``)
+serve it with the ``ProxyBackend``: strict validation, the chat template, embedding, the forget
+sets' interventions, then the upstream on ``prompt_embeds``.
 
 Screening reads only what the classifiers need (the messages' text, or the prompt; an uploaded
 ``prompt_embeds`` tensor is mapped back to its nearest tokens as in local mode). With no forget
-set enabled nothing is classified at all. An unflagged request is forwarded to the upstream
-unchanged; a flagged one takes the local routes' path (``service.openai_routes``), whose backend
-here is the ``ProxyBackend``: strict validation, the chat template, embedding, the forget sets'
-interventions, then the upstream on ``prompt_embeds``.
-
-What cannot be read for screening is refused (fail closed) rather than forwarded unread.
+set enabled nothing is classified at all. What cannot be read for screening is refused (fail
+closed) rather than forwarded unread.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import openai_routes
 from service.audit import sha256_text
 from service.errors import APIError, bad_request
-from service.gateway import Gateway, gateway_of
+from service.gateway import Gateway
 from service.passthrough import forward
 from service.prompt_embeds import decode_prompt_embeds, nearest_token_ids, prompt_from_ids
 from service.schemas import MAX_PROMPTS_PER_REQUEST
 
-router = APIRouter()
+ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+# Bodies up to this size are classified on the event loop (a short prompt takes about 0.1 ms, less than
+# handing it to a worker thread and back); larger ones go to the routing pool so the loop stays free.
+INLINE_SCREEN_BYTES = 16 * 1024
 
 
 def serves(gateway: Gateway) -> bool:
@@ -127,49 +135,92 @@ def _flags(gateway: Gateway, route: str, body: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-async def _serve(request: Request, route: str, path: str) -> Response:
-    started = time.perf_counter()
-    gateway = gateway_of(request)
-    gateway.keys.check_inference(request)
-    raw = await request.body()
-    body = _body(raw)
-    _check_model(gateway, body)
-    flagged: list[str] = []
-    if gateway.router.active:
-        flagged = await gateway.pipeline.run(_flags, gateway, route, body)
-    if flagged:
-        handler = openai_routes.chat_completions if route == "chat" else openai_routes.completions
-        return await handler(request)
-    gateway.metrics.observe_routing(route, [], time.perf_counter() - started)
-    status: int | str = 500
-    try:
-        response = await forward(gateway.backend.upstream, path, raw, request.headers)  # type: ignore[attr-defined]
-        status = response.status_code
-        return response
-    except APIError as exc:
-        status = exc.status
-        raise
-    finally:
-        gateway.audit.record(
-            "inference",
-            route=route,
-            model=gateway.backend.model_id,
-            prompt_sha256=sha256_text(raw.decode("utf-8", "replace")),
-            forget_sets=[],
-            forwarded=True,
-            latency_ms=round((time.perf_counter() - started) * 1000, 2),
-            status=status,
-            stream=bool(body.get("stream")),
-        )
+@dataclass(frozen=True)
+class _Route:
+    """What ``MetricsMiddleware`` labels a request by (FastAPI's matched route has the same ``path``)."""
+
+    path: str
 
 
-@router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(request: Request) -> Response:
-    """Chat completion: forwarded unchanged unless a forget set flags it."""
-    return await _serve(request, "chat", "/v1/chat/completions")
+class ProxyFastPath:
+    """ASGI layer of proxy mode: forwards unflagged inference requests itself, passes everything else on."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway):
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" and scope.get("method") == "POST" else ""
+        route = ROUTES.get(path)
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        raw, replay = await _buffered(receive)
+        try:
+            response = await self._screen_and_forward(Request(scope, replay), raw, route, path)
+        except APIError as exc:
+            response = exc.response()
+        if response is None:
+            await self.app(scope, replay, send)  # flagged: FastAPI's local routes serve it
+            return
+        scope["route"] = _Route(path)
+        await response(scope, replay, send)
+
+    async def _screen_and_forward(self, request: Request, raw: bytes, route: str, path: str) -> Response | None:
+        """The upstream's answer to an unflagged request; ``None`` when a forget set flags it."""
+        started = time.perf_counter()
+        gateway = self.gateway
+        gateway.keys.check_inference(request)
+        body = _body(raw)
+        _check_model(gateway, body)
+        if gateway.router.active:
+            if len(raw) <= INLINE_SCREEN_BYTES:
+                flagged = _flags(gateway, route, body)
+            else:
+                flagged = await gateway.pipeline.run(_flags, gateway, route, body)
+            if flagged:
+                return None
+        gateway.metrics.observe_routing(route, [], time.perf_counter() - started)
+        status: int | str = 500
+        try:
+            response = await forward(gateway.backend.upstream, path, raw, request.headers)  # type: ignore[attr-defined]
+            status = response.status_code
+            return response
+        except APIError as exc:
+            status = exc.status
+            raise
+        finally:
+            gateway.audit.record(
+                "inference",
+                route=route,
+                model=gateway.backend.model_id,
+                prompt_sha256=sha256_text(raw.decode("utf-8", "replace")),
+                forget_sets=[],
+                forwarded=True,
+                latency_ms=round((time.perf_counter() - started) * 1000, 2),
+                status=status,
+                stream=bool(body.get("stream")),
+            )
 
 
-@router.post("/v1/completions", response_model=None)
-async def completions(request: Request) -> Response:
-    """Legacy completion: forwarded unchanged unless a forget set flags it."""
-    return await _serve(request, "completions", "/v1/completions")
+async def _buffered(receive: Receive) -> tuple[bytes, Receive]:
+    """The whole request body, and a ``receive`` that hands it on once more before the real one."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    raw = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        return await receive()
+
+    return raw, replay
