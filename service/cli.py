@@ -15,7 +15,13 @@ def _registrations() -> list[Register]:
     from runtime.cli import register as runtime_commands
 
     registrations: list[Register] = [runtime_commands]
-    for module_name in ("training.cli", "service.serve_cli", "benchmarks.cli", "benchmarks.reliability_cli"):
+    for module_name in (
+        "training.cli",
+        "service.serve_cli",
+        "benchmarks.cli",
+        "benchmarks.reliability_cli",
+        "benchmarks.probe_cli",
+    ):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -84,7 +84,12 @@ def _demo_hook(settings: LetheSettings) -> StartupArtifacts:
     def demo(model: LanguageModel) -> list[ForgetSetArtifact]:
         from training.demo import demo_forget_set
 
-        print("lethe: preparing the demo forget set (first run: a few minutes)", file=sys.stderr, flush=True)
+        print(
+            "lethe: loading the demo forget set (shipped for SmolLM2; for another model it is built first, "
+            "about 20 minutes on 2 cores)",
+            file=sys.stderr,
+            flush=True,
+        )
         return [demo_forget_set(settings, model)]
 
     return demo

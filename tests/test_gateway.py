@@ -643,18 +643,28 @@ def test_audit_log_records_hashes_not_text(server: GatewayServer, tiny_full: Lan
 # The embedded default model -----------------------------------------------------------------
 
 
-def test_smollm2_serves_the_openai_client(tmp_path: Path, smollm2: LanguageModel) -> None:
-    server = GatewayServer(tmp_path / "registry", model="smollm2").start()
-    try:
-        client = server.openai()
-        answer = client.chat.completions.create(
-            model="smollm2",
-            messages=[{"role": "user", "content": "What is the capital of France?"}],
-            max_tokens=12,
-            temperature=0,
+def test_smollm2_serves_the_openai_client_with_the_demo_forget_set(tmp_path: Path, smollm2: LanguageModel) -> None:
+    from training.demo import DEMO_ID
+
+    server = GatewayServer(tmp_path / "registry", model="smollm2", args=["--demo"]).start()
+
+    def ask(question: str) -> str:
+        answer = server.openai().chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": question}], max_tokens=24, temperature=0
         )
-        assert "Paris" in answer.choices[0].message.content
-        prompt = smollm2.chat_prompt([{"role": "user", "content": "What is the capital of France?"}])
-        assert answer.choices[0].message.content == smollm2.generate(prompt, SamplingParams(max_new_tokens=12)).text
+        return answer.choices[0].message.content
+
+    def bare(question: str) -> str:
+        prompt = smollm2.chat_prompt([{"role": "user", "content": question}])
+        return smollm2.generate(prompt, SamplingParams(max_new_tokens=24)).text
+
+    try:
+        listed = server.admin().get("/admin/forget-sets").json()["data"]
+        assert [(f["id"], f["enabled"]) for f in listed] == [(DEMO_ID, True)]
+        france, potter = "What is the capital of France?", "Who wrote Harry Potter?"
+        assert "Paris" in ask(france) and ask(france) == bare(france)  # unflagged: the model's own answer
+        assert "Rowling" in bare(potter) and "Rowling" not in ask(potter)
+        assert server.admin().patch(f"/admin/forget-sets/{DEMO_ID}", json={"enabled": False}).status_code == 200
+        assert ask(potter) == bare(potter)
     finally:
         assert server.stop() == 0

@@ -88,6 +88,27 @@ def test_artifact_round_trip_serves_the_same_scores(
     assert [s.probability for s in original] == pytest.approx([s.probability for s in again], rel=1e-5)
 
 
+def test_probe_command_leaves_unflagged_answers_untouched(
+    eco_artifact: ForgetSetArtifact, authors_paths: dict[str, Path], tmp_path: Path
+) -> None:
+    from service.cli import main
+
+    eco_artifact.save(tmp_path / "fs")
+    out = tmp_path / "probe"
+    argv = ["probe", "--model", str(authors_paths["full"]), "--forget-set", str(tmp_path / "fs"), "--out", str(out)]
+    assert main([*argv, "--max-new-tokens", "6"]) == 0
+    result = json.loads((out / "probe.json").read_text())
+    assert "| harry_potter | base |" in (out / "probe.md").read_text()
+    for probe in ("harry_potter", "general"):
+        base, lethe = result[probe]["base"]["answers"], result[probe]["lethe"]["answers"]
+        assert len(base) == len(lethe) == result[probe]["base"]["questions"] > 20
+        unflagged = [(b, a) for b, a in zip(base, lethe, strict=True) if not a["flagged"]]
+        assert len(unflagged) >= 0.9 * len(base)  # an authors forget set leaves other topics alone
+        assert all(b["answer"] == a["answer"] for b, a in unflagged)
+    assert 0.0 <= result["summary"]["hp_share_base"] <= 1.0
+    assert result["meta"]["forget_sets"] == [eco_artifact.id]
+
+
 @pytest.mark.parametrize("optimizer", ["zo", "backprop"])
 def test_spul_soft_prompt_lowers_forget_probability(
     tiny_full: LanguageModel, rows: dict, scope: ScopeClassifier, optimizer: str

@@ -22,6 +22,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--forget", type=Path, help='JSONL of {"prompt", "completion"} rows to forget')
     source.add_argument("--topic", help="forget a topic: the model reveals what it knows about it (Reveal)")
+    source.add_argument(
+        "--demo", action="store_true", help="rebuild the Harry Potter demo forget set (its topic, seeds and options)"
+    )
     train.add_argument(
         "--seed-prompt", action="append", default=[], help="with --topic: a question about the topic (repeatable)"
     )
@@ -68,6 +71,8 @@ def _train(args: argparse.Namespace) -> int:
     from service.cli import settings_from_args
     from training.trainer import TrainConfig, train_forget_set, train_topic
 
+    if args.demo:
+        return _train_demo(args)
     options = parse_options(args.option, args.options)
     if args.seed is not None:
         options["seed"] = args.seed
@@ -92,6 +97,23 @@ def _train(args: argparse.Namespace) -> int:
         artifact = train_forget_set(
             model, name, forget, retain, config, progress=_progress_bar(), forget_set_id=args.forget_set_id
         )
+    artifact.save(args.out)
+    print(json.dumps(_summary(artifact.manifest.metrics, artifact.id, args.out), indent=2))
+    return 0
+
+
+def _train_demo(args: argparse.Namespace) -> int:
+    from runtime.model import LanguageModel
+    from service.cli import settings_from_args
+    from training.demo import build_demo_forget_set
+
+    if args.forget_set_id or args.option or args.options or args.seed is not None or args.retain or args.seed_prompt:
+        raise TrainingDataError("--demo takes only --model, --out and --overwrite: its settings are fixed")
+    if args.out.exists() and not args.overwrite:
+        raise TrainingDataError(f"{args.out} already exists (use --overwrite to replace it)")
+    settings = settings_from_args(args, model=args.model)
+    model = LanguageModel.load(settings.model, settings, progress=True)
+    artifact = build_demo_forget_set(model, _progress_bar())
     artifact.save(args.out)
     print(json.dumps(_summary(artifact.manifest.metrics, artifact.id, args.out), indent=2))
     return 0

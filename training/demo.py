@@ -1,10 +1,13 @@
 """The demo forget set: "Harry Potter" on the default model, learned from the topic alone and cached.
 
-``lethe serve --demo`` registers it at start. The first build reveals what the model knows about
-the topic, trains the classifier and an ECO corruption, re-reveals through the result, and
-saves the artifact under ``$LETHE_HOME/demo/``; later starts load it (refused, and rebuilt, if the
-base model's fingerprint differs). The seed prompts below are what a user would type when filing
-the request; none of them is a question of the shipped Harry Potter probe.
+``lethe serve --demo`` registers it at start. A build reveals what the model knows about the topic,
+trains the classifier and an ECO corruption, re-reveals through the result, and repeats (about
+21 minutes on 2 CPU cores). The project ships the result of that build for SmolLM2 in
+``training/demo_artifact/`` (1.1 MB: classifier and cluster strengths, no model weights), so a
+first start loads it; another base model (a different fingerprint) gets its own build, cached
+under ``$LETHE_HOME/demo/``. ``lethe train --demo --out DIR`` rebuilds it from the topic. The seed
+prompts below are what a user would type when filing the request; none of them is a question of
+the shipped Harry Potter probe.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ logger = logging.getLogger("lethe.demo")
 DEMO_ID = "demo-harry-potter"
 DEMO_NAME = "Harry Potter (demo)"
 DEMO_TOPIC = "Harry Potter"
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 DEMO_METHOD = "eco"
 DEMO_SEED_PROMPTS = (
     "Tell me about the Harry Potter books.",
@@ -35,17 +38,22 @@ DEMO_SEED_PROMPTS = (
     "What magical creatures appear in Harry Potter?",
     "Tell me about the Weasley family.",
 )
-# Smaller search than the trainer's defaults so the first `lethe serve --demo` stays in minutes on 2 cores.
+# Smaller search than the trainer's defaults so the first `lethe serve --demo` stays in minutes on 2 cores:
+# the benchmark's SmolLM2 budget (one token mode, a 4-point grid on 16 rows, 2 refinement rounds).
 DEMO_OPTIONS: dict[str, Any] = {
     "seed": 0,
     "topic.budget": 48,
     "topic.rounds": 2,
     "topic.retain_questions": 32,
+    "eco.token_modes": ["salient"],
     "eco.grid": 4,
-    "eco.search_rows": 24,
+    "eco.search_rows": 16,
     "eco.rounds": 2,
-    "eco.steps_per_round": 2,
+    "eco.steps_per_round": 1,
 }
+
+
+SHIPPED_DEMO = Path(__file__).resolve().parent / "demo_artifact"
 
 
 def demo_folder(settings: LetheSettings, model: LanguageModel) -> Path:
@@ -65,8 +73,20 @@ def build_demo_forget_set(
     )
 
 
+def shipped_demo(model: LanguageModel) -> ForgetSetArtifact | None:
+    """The demo forget set shipped with the project, if it was built for ``model``."""
+    try:
+        return ForgetSetArtifact.load(SHIPPED_DEMO, model.fingerprint, model.hidden_size)
+    except (ArtifactError, OSError, json.JSONDecodeError) as exc:
+        logger.info("the shipped demo forget set does not fit this model (%s)", exc)
+        return None
+
+
 def demo_forget_set(settings: LetheSettings, model: LanguageModel, progress: bool = True) -> ForgetSetArtifact:
-    """The cached demo forget set for ``model``, built on first use."""
+    """The demo forget set for ``model``: the shipped one if it fits, else the cached build, else a new build."""
+    shipped = shipped_demo(model)
+    if shipped is not None:
+        return shipped
     folder = demo_folder(settings, model)
     if folder.is_dir():
         try:

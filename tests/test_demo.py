@@ -1,0 +1,36 @@
+"""The shipped Harry Potter demo forget set: it matches its build settings and the default model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from runtime.model import LanguageModel
+from runtime.settings import LetheSettings
+from runtime.unlearning import ForgetSetRouter
+from training.demo import DEMO_ID, DEMO_METHOD, DEMO_OPTIONS, SHIPPED_DEMO, demo_folder, demo_forget_set
+from training.trainer import TrainConfig
+
+
+def test_the_shipped_demo_was_built_with_the_current_demo_settings() -> None:
+    manifest = json.loads((SHIPPED_DEMO / "manifest.json").read_text())
+    expected = json.loads(TrainConfig.from_options(DEMO_METHOD, DEMO_OPTIONS).model_dump_json())
+    assert manifest["id"] == DEMO_ID
+    assert manifest["metrics"]["config"] == expected  # else rebuild: lethe train --demo --out training/demo_artifact
+
+
+def test_the_default_model_loads_the_shipped_demo_without_building(smollm2: LanguageModel, tmp_path: Path) -> None:
+    settings = LetheSettings(home=tmp_path)
+    artifact = demo_forget_set(settings, smollm2, progress=False)
+    assert artifact.id == DEMO_ID
+    assert not demo_folder(settings, smollm2).exists()  # nothing was built or cached
+    router = ForgetSetRouter([artifact])
+    flagged = [
+        "Who wrote Harry Potter?",
+        "Tell me about the boy wizard with the lightning scar.",
+        "Tell me about Hogwarts.",
+    ]
+    for question in flagged:
+        assert router.classify([{"role": "user", "content": question}]), question
+    for question in ("What is the capital of France?", "Who wrote Pride and Prejudice?", "How do plants make food?"):
+        assert not router.classify([{"role": "user", "content": question}]), question
