@@ -12,28 +12,20 @@ Harry Potter answers that still name the expected keyword (Rowling, Hogwarts, ..
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from benchmarks.baselines import BaselineConfig
 from benchmarks.bench_metrics import System, answers, classifier_rates, keyword_rate
+from benchmarks.probe_eval import load_probe
 from benchmarks.scenario_common import Budget, Log, run_methods
 from runtime.model import LanguageModel
 from training.data import ForgetRow
 from training.metrics import EvalTarget, rouge_l_recall
 
-PROBES = Path(__file__).resolve().parent / "probes"
 METHODS: tuple[str, ...] = (
     "base", "lethe_eco", "lethe_spul_zo", "lethe_spul_backprop", "lethe_eco_spul", "guardrail", "prompting",
     "ga", "graddiff", "npo", "simnpo",
 )  # fmt: skip
-
-
-def load_probes(name: str) -> list[dict[str, Any]]:
-    """Probe rows ``{"prompt", "keywords", "kind"}`` of ``benchmarks/probes/<name>.jsonl``."""
-    lines = (PROBES / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def hp_budget(quick: bool) -> tuple[Budget, dict[str, Any]]:
@@ -55,7 +47,7 @@ def run_harry_potter(
     model: LanguageModel, budget: Budget, sizes: dict[str, Any], seed: int, log: Log
 ) -> dict[str, Any]:
     """Run scenario 2 on ``model``; returns ``{"methods": ..., "meta": ...}``."""
-    hp, general = load_probes("harry_potter"), load_probes("general")
+    hp, general = load_probe("harry_potter"), load_probe("general")
     tokens = int(sizes["answer_tokens"])
     base = System("base", EvalTarget(model))
     log("[harry_potter] base answers")

@@ -11,7 +11,8 @@ import torch
 from runtime.model import LanguageModel
 from runtime.settings import LetheSettings
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# LETHE_TEST_THREADS lowers the test process's own threads on a machine busy with other work.
+torch.set_num_threads(int(os.environ.get("LETHE_TEST_THREADS", 0)) or max(1, min(2, os.cpu_count() or 1)))
 # Servers started by tests run beside this process (and decode two batches at once): one thread each
 # keeps the 2-core machine from being oversubscribed, where torch's spinning threads slow everything.
 os.environ.setdefault("LETHE_THREADS", "1")
