@@ -21,6 +21,20 @@ async def _send_json(send: Send, status: int, body: dict[str, Any], close: bool 
     await send({"type": "http.response.body", "body": payload})
 
 
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands on an already read ``body`` once, then the real messages (disconnects)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class BodyLimitMiddleware:
     """Reads the whole request body up front, refusing it with a 413 as soon as it exceeds ``max_bytes``.
 
@@ -56,17 +70,7 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(b"".join(chunks), receive), send)
 
     async def _too_large(self, send: Send, limit: int) -> None:
         message = f"The request body is larger than the limit of {limit} bytes."

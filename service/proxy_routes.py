@@ -23,11 +23,12 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.audit import sha256_text
 from service.errors import APIError, bad_request
 from service.gateway import Gateway
+from service.middleware import replaying
 from service.passthrough import forward
 from service.prompt_embeds import decode_prompt_embeds, nearest_token_ids, prompt_from_ids
 from service.schemas import MAX_PROMPTS_PER_REQUEST
@@ -214,13 +215,4 @@ async def _buffered(receive: Receive) -> tuple[bytes, Receive]:
         if not message.get("more_body", False):
             break
     raw = b"".join(chunks)
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": raw, "more_body": False}
-        return await receive()
-
-    return raw, replay
+    return raw, replaying(raw, receive)
