@@ -110,8 +110,12 @@ def run_bench(
     settings: LetheSettings | None = None,
     methods: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
+    baseline: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the chosen scenarios, write ``results.json``, ``results.md`` and plots to ``out``; returns the results."""
+    """Run the chosen scenarios, write ``results.json``, ``results.md`` and plots to ``out``; returns the results.
+
+    ``baseline`` overrides ``BaselineConfig`` fields (for example ``lr``, ``epochs``) of every scenario.
+    """
     settings = settings or LetheSettings()
     scenarios = tuple(scenarios or (QUICK_SCENARIOS if quick else SCENARIOS))
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -129,7 +133,7 @@ def run_bench(
         seed_everything(seed)
         scenario_started = time.perf_counter()
         try:
-            result = _run_scenario(scenario, settings, quick, seed, methods, log, models)
+            result = _run_scenario(scenario, settings, quick, seed, methods, baseline or {}, log, models)
         except ScenarioSkipped as exc:
             result = {"methods": {}, "meta": {"skipped": str(exc)}}
             log(f"[{scenario}] skipped: {exc}")
@@ -151,11 +155,11 @@ class ScenarioSkipped(RuntimeError):
     """A scenario could not run here (the reason goes into its meta)."""
 
 
-def _pick(budget: Budget, methods: Sequence[str] | None) -> Budget:
-    if methods is None:
-        return budget
-    chosen = tuple(m for m in budget.methods if m in set(methods))
-    return replace(budget, methods=chosen)
+def _adjust(budget: Budget, methods: Sequence[str] | None, baseline: dict[str, Any]) -> Budget:
+    """The scenario's budget, cut to ``methods`` and with the baselines' settings overridden."""
+    if methods is not None:
+        budget = replace(budget, methods=tuple(m for m in budget.methods if m in set(methods)))
+    return replace(budget, baseline=replace(budget.baseline, **baseline)) if baseline else budget
 
 
 def _run_scenario(
@@ -164,6 +168,7 @@ def _run_scenario(
     quick: bool,
     seed: int,
     methods: Sequence[str] | None,
+    baseline: dict[str, Any],
     log: Callable[[str], None],
     models: dict[str, Any],
 ) -> dict[str, Any]:
@@ -174,7 +179,7 @@ def _run_scenario(
         return run_authors(
             settings,
             world["size"],
-            _pick(budget, methods),
+            _adjust(budget, methods, baseline),
             seed,
             log,
             eval_retain=world["eval_retain"],
@@ -188,11 +193,11 @@ def _run_scenario(
         from benchmarks.scenario_sentiment import run_sentiment, sentiment_budget
 
         budget, sizes = sentiment_budget(quick)
-        return run_sentiment(smollm2, _pick(budget, methods), sizes, seed, log)
+        return run_sentiment(smollm2, _adjust(budget, methods, baseline), sizes, seed, log)
     from benchmarks.scenario_hp import hp_budget, run_harry_potter
 
     budget, sizes = hp_budget(quick)
-    return run_harry_potter(smollm2, _pick(budget, methods), sizes, seed, log)
+    return run_harry_potter(smollm2, _adjust(budget, methods, baseline), sizes, seed, log)
 
 
 def _load_smollm2(settings: LetheSettings) -> Any:

@@ -26,6 +26,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--methods", nargs="+", help="only these methods (default: every method of each scenario)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline-lr", type=float, help="learning rate of the weight-updating baselines")
+    parser.add_argument("--baseline-epochs", type=int, help="epochs of the weight-updating baselines")
     parser.set_defaults(handler=_run)
 
 
@@ -39,7 +41,8 @@ def _run(args: argparse.Namespace) -> int:
         # One thread: OpenMP spin-waits make two threads slower on a shared, oversubscribed machine.
         settings = settings.model_copy(update={"threads": 1})
     started = time.perf_counter()
-    results = run_bench(args.out, args.quick, args.scenarios, args.seed, settings, args.methods)
+    baseline = {k: v for k, v in (("lr", args.baseline_lr), ("epochs", args.baseline_epochs)) if v is not None}
+    results = run_bench(args.out, args.quick, args.scenarios, args.seed, settings, args.methods, baseline=baseline)
     print(markdown(results))
     print(f"wrote {args.out}/results.json in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     return 0
