@@ -58,6 +58,14 @@ def table(scenario: str, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _pair(first: float, second: float) -> str:
+    """``first vs second`` with as many decimals (3 to 6) as it takes to show that they differ."""
+    digits = 3
+    while digits < 6 and first != second and round(first, digits) == round(second, digits):
+        digits += 1
+    return f"{first:.{digits}f} vs {second:.{digits}f}"
+
+
 def verdict(methods: dict[str, dict[str, Any]]) -> str:
     """Plain statement: is Lethe's best method ahead of every weight-updating baseline at equal or better utility?"""
     lethe = {m: f for m, f in methods.items() if m in LETHE_METHODS and f.get("forget_quality") is not None}
@@ -82,7 +90,7 @@ def verdict(methods: dict[str, dict[str, Any]]) -> str:
             )
         elif b_mu > mu:
             lines.append(
-                f"`{name}` has lower forget quality ({_fmt(b_fq)}) but higher utility ({_fmt(b_mu)} vs {_fmt(mu)})."
+                f"`{name}` has lower forget quality ({_fmt(b_fq)}) but higher utility ({_pair(b_mu, mu)})."
             )
     if not losses:
         ahead = all(f["forget_quality"] <= fq for f in baselines.values())
