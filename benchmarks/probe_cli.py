@@ -2,7 +2,7 @@
 
 Writes ``probe.json`` (every answer, per probe, base and through the forget sets) and
 ``probe.md`` (the summary table the README carries). With ``--demo`` the Harry Potter demo
-forget set is loaded from its cache, or built first (the build time is recorded).
+forget set is the shipped one, a cached build or a new build (its source and time are recorded).
 """
 
 from __future__ import annotations
@@ -43,12 +43,12 @@ def _run(args: argparse.Namespace) -> int:
     model = LanguageModel.load(settings.model, settings, progress=True)
     build: dict[str, Any] = {}
     if args.demo:
-        from training.demo import demo_folder, demo_forget_set
+        from training.demo import load_or_build_demo
 
-        cached = demo_folder(settings, model).is_dir()
         started = time.perf_counter()
-        artifacts = [demo_forget_set(settings, model)]
-        build = {"cached": cached, "load_or_build_s": round(time.perf_counter() - started, 1)}
+        artifact, source = load_or_build_demo(settings, model)
+        artifacts = [artifact]
+        build = {"source": source, "load_or_build_s": round(time.perf_counter() - started, 1)}
     else:
         artifacts = [ForgetSetArtifact.load(f, model.fingerprint, model.hidden_size) for f in args.forget_set]
     started = time.perf_counter()

@@ -72,11 +72,14 @@ def _train(args: argparse.Namespace) -> int:
     from training.trainer import TrainConfig, train_forget_set, train_topic
 
     if args.demo:
-        return _train_demo(args)
-    options = parse_options(args.option, args.options)
-    if args.seed is not None:
-        options["seed"] = args.seed
-    config = TrainConfig.from_options(args.method, options)
+        given = args.forget_set_id or args.option or args.options or args.seed is not None
+        if given or args.retain or args.seed_prompt:
+            raise TrainingDataError("--demo takes only --model, --out and --overwrite: its settings are fixed")
+    else:
+        options = parse_options(args.option, args.options)
+        if args.seed is not None:
+            options["seed"] = args.seed
+        config = TrainConfig.from_options(args.method, options)
     if args.seed_prompt and args.topic is None:
         raise TrainingDataError("--seed-prompt goes with --topic")
     if args.topic is not None and not args.topic.strip():
@@ -87,7 +90,11 @@ def _train(args: argparse.Namespace) -> int:
         raise TrainingDataError(f"{args.out} already exists (use --overwrite to replace it)")
     settings = settings_from_args(args, model=args.model)
     model = LanguageModel.load(settings.model, settings, progress=True)
-    if forget is None:
+    if args.demo:
+        from training.demo import build_demo_forget_set
+
+        artifact = build_demo_forget_set(model, _progress_bar())
+    elif forget is None:
         artifact = train_topic(
             model, args.name or args.topic, args.topic, args.seed_prompt, config,
             progress=_progress_bar(), forget_set_id=args.forget_set_id,
@@ -97,23 +104,6 @@ def _train(args: argparse.Namespace) -> int:
         artifact = train_forget_set(
             model, name, forget, retain, config, progress=_progress_bar(), forget_set_id=args.forget_set_id
         )
-    artifact.save(args.out)
-    print(json.dumps(_summary(artifact.manifest.metrics, artifact.id, args.out), indent=2))
-    return 0
-
-
-def _train_demo(args: argparse.Namespace) -> int:
-    from runtime.model import LanguageModel
-    from service.cli import settings_from_args
-    from training.demo import build_demo_forget_set
-
-    if args.forget_set_id or args.option or args.options or args.seed is not None or args.retain or args.seed_prompt:
-        raise TrainingDataError("--demo takes only --model, --out and --overwrite: its settings are fixed")
-    if args.out.exists() and not args.overwrite:
-        raise TrainingDataError(f"{args.out} already exists (use --overwrite to replace it)")
-    settings = settings_from_args(args, model=args.model)
-    model = LanguageModel.load(settings.model, settings, progress=True)
-    artifact = build_demo_forget_set(model, _progress_bar())
     artifact.save(args.out)
     print(json.dumps(_summary(artifact.manifest.metrics, artifact.id, args.out), indent=2))
     return 0

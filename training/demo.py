@@ -84,19 +84,26 @@ def shipped_demo(model: LanguageModel) -> ForgetSetArtifact | None:
 
 def demo_forget_set(settings: LetheSettings, model: LanguageModel, progress: bool = True) -> ForgetSetArtifact:
     """The demo forget set for ``model``: the shipped one if it fits, else the cached build, else a new build."""
+    return load_or_build_demo(settings, model, progress)[0]
+
+
+def load_or_build_demo(
+    settings: LetheSettings, model: LanguageModel, progress: bool = True
+) -> tuple[ForgetSetArtifact, str]:
+    """``demo_forget_set`` and where it came from: ``"shipped"``, ``"cached"`` or ``"built"``."""
     shipped = shipped_demo(model)
     if shipped is not None:
-        return shipped
+        return shipped, "shipped"
     folder = demo_folder(settings, model)
     if folder.is_dir():
         try:
-            return ForgetSetArtifact.load(folder, model.fingerprint, model.hidden_size)
+            return ForgetSetArtifact.load(folder, model.fingerprint, model.hidden_size), "cached"
         except (ArtifactError, OSError, json.JSONDecodeError) as exc:
             logger.warning("rebuilding the demo forget set: the cached one cannot be used (%s)", exc)
             shutil.rmtree(folder, ignore_errors=True)
     artifact = build_demo_forget_set(model, _progress_bar() if progress else None)
     artifact.save(folder)
-    return artifact
+    return artifact, "built"
 
 
 def _progress_bar() -> Callable[[float, str], None]:
