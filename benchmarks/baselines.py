@@ -27,9 +27,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from runtime.model import LanguageModel
-from training.data import ForgetRow
-from training.metrics import render_question
+from lethe.runtime.model import LanguageModel
+from lethe.training.data import ForgetRow
+from lethe.training.metrics import render_question
 
 Baseline = Literal["ga", "graddiff", "npo", "simnpo"]
 BASELINES: tuple[Baseline, ...] = ("ga", "graddiff", "npo", "simnpo")

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.baselines import BASELINES, BaselineConfig
-from benchmarks.scenario_common import Budget, clean
-from benchmarks.systems import LETHE_METHODS
-from runtime.settings import LetheSettings
+from lethe.benchmarks.baselines import BASELINES, BaselineConfig
+from lethe.benchmarks.scenario_common import QUICK_LETHE, Budget, clean
+from lethe.benchmarks.systems import LETHE_METHODS
+from lethe.runtime.settings import RuntimeSettings
 
 SCENARIOS: tuple[str, ...] = ("authors", "harry_potter", "sentiment")
 # SmolLM2 scenarios cost more than the 10 minutes --quick may take on 2 cores; they run when named.
@@ -35,30 +35,6 @@ QUICK_SCENARIOS: tuple[str, ...] = ("authors",)
 AUTHORS_METHODS: tuple[str, ...] = (
     "base", "retain_reference", *LETHE_METHODS, "guardrail", "prompting", *BASELINES,
 )  # fmt: skip
-
-# Quick budgets: smaller ECO search and fewer SPUL / baseline steps (documented in the report's meta).
-QUICK_LETHE: dict[str, Any] = {
-    "eco.grid": 3,
-    "eco.search_rows": 16,
-    "eco.rounds": 2,
-    "eco.steps_per_round": 1,
-    "eco.token_modes": ["salient"],
-    "spul.steps": 30,
-    "spul.check_every": 15,
-    "spul.zo_directions": 2,
-}
-SMOL_LETHE: dict[str, Any] = {
-    "eco.grid": 4,
-    "eco.search_rows": 16,
-    "eco.rounds": 2,
-    "eco.steps_per_round": 1,
-    "eco.token_modes": ["salient"],
-    "spul.steps": 30,
-    "spul.check_every": 15,
-    "spul.batch_size": 4,
-    "spul.zo_directions": 2,
-}
-
 
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
@@ -107,7 +83,7 @@ def run_bench(
     quick: bool = False,
     scenarios: Sequence[str] | None = None,
     seed: int = 0,
-    settings: LetheSettings | None = None,
+    settings: RuntimeSettings | None = None,
     methods: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
     baseline: dict[str, Any] | None = None,
@@ -116,7 +92,7 @@ def run_bench(
 
     ``baseline`` overrides ``BaselineConfig`` fields (for example ``lr``, ``epochs``) of every scenario.
     """
-    settings = settings or LetheSettings()
+    settings = settings or RuntimeSettings()
     scenarios = tuple(scenarios or (QUICK_SCENARIOS if quick else SCENARIOS))
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     unknown = sorted(set(scenarios) - set(SCENARIOS))
@@ -145,7 +121,7 @@ def run_bench(
     results["meta"] = clean(
         {"seed": seed, "quick": quick, "wall_s": time.perf_counter() - started, "machine": machine()}
     )
-    from benchmarks.report import write_report
+    from lethe.benchmarks.report import write_report
 
     write_report(results, out)
     return results
@@ -164,7 +140,7 @@ def _adjust(budget: Budget, methods: Sequence[str] | None, baseline: dict[str, A
 
 def _run_scenario(
     scenario: str,
-    settings: LetheSettings,
+    settings: RuntimeSettings,
     quick: bool,
     seed: int,
     methods: Sequence[str] | None,
@@ -173,7 +149,7 @@ def _run_scenario(
     models: dict[str, Any],
 ) -> dict[str, Any]:
     if scenario == "authors":
-        from benchmarks.scenarios_authors import run_authors
+        from lethe.benchmarks.scenarios_authors import run_authors
 
         budget, world = authors_budget(quick)
         return run_authors(
@@ -190,18 +166,18 @@ def _run_scenario(
         models["smollm2"] = _load_smollm2(settings)
     smollm2 = models["smollm2"]
     if scenario == "sentiment":
-        from benchmarks.scenario_sentiment import run_sentiment, sentiment_budget
+        from lethe.benchmarks.scenario_sentiment import run_sentiment, sentiment_budget
 
         budget, sizes = sentiment_budget(quick)
         return run_sentiment(smollm2, _adjust(budget, methods, baseline), sizes, seed, log)
-    from benchmarks.scenario_hp import hp_budget, run_harry_potter
+    from lethe.benchmarks.scenario_hp import hp_budget, run_harry_potter
 
     budget, sizes = hp_budget(quick)
     return run_harry_potter(smollm2, _adjust(budget, methods, baseline), sizes, seed, log)
 
 
-def _load_smollm2(settings: LetheSettings) -> Any:
-    from runtime.model import LanguageModel
+def _load_smollm2(settings: RuntimeSettings) -> Any:
+    from lethe.runtime.model import LanguageModel
 
     try:
         return LanguageModel.load("smollm2", settings)

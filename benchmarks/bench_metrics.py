@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from runtime.generation import SamplingParams
-from runtime.model import LanguageModel
-from runtime.prompt import TemplatedPrompt
-from training.data import ForgetRow
-from training.metrics import (
+from lethe.runtime.generation import SamplingParams
+from lethe.runtime.model import LanguageModel
+from lethe.runtime.prompt import TemplatedPrompt
+from lethe.training.data import ForgetRow
+from lethe.training.metrics import (
     EvalTarget,
     Messages,
     RowScores,

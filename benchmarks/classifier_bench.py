@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.authors_world import WorldConfig, build_world
-from classifier import ClassifierConfig, ScopeClassifier, classify_messages
-from classifier.augment import variants
-from classifier.pool import load_pool
+from lethe.benchmarks.authors_world import WorldConfig, build_world
+from lethe.classifier import ClassifierConfig, ScopeClassifier, classify_messages, train_scope_classifier
+from lethe.classifier.augment import variants
+from lethe.classifier.pool import load_pool
 
 WORLDS: dict[str, Callable[[], WorldConfig]] = {"test": WorldConfig.test, "bench": WorldConfig.bench}
 MIN_LATENCY_SAMPLES = 3000
@@ -120,7 +120,7 @@ def bench_world(name: str, config: ClassifierConfig | None = None) -> dict[str, 
     world = build_world(WORLDS[name]())
     forget, retain = _rows(world, "forget", "prompt"), _rows(world, "retain", "prompt")
     start = time.perf_counter()
-    model = ScopeClassifier.train(forget, retain, config)
+    model = train_scope_classifier(forget, retain, config)
     train_s = time.perf_counter() - start
     positives = _rows(world, "forget", "paraphrased_prompts")
     negative_sets = {

@@ -6,10 +6,12 @@ import argparse
 import sys
 import time
 
+from lethe.runtime.settings import RuntimeSettings
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``bench`` sub-command."""
-    from benchmarks.bench import SCENARIOS
+    from lethe.benchmarks.bench import SCENARIOS
 
     parser = commands.add_parser(
         "bench",
@@ -32,11 +34,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from benchmarks.bench import run_bench
-    from benchmarks.report import markdown
-    from service.cli import settings_from_args
+    from lethe.benchmarks.bench import run_bench
+    from lethe.benchmarks.report import markdown
 
-    settings = settings_from_args(args)
+    settings = RuntimeSettings.from_args(args)
     if settings.threads <= 0:
         # One thread: OpenMP spin-waits make two threads slower on a shared, oversubscribed machine.
         settings = settings.model_copy(update={"threads": 1})

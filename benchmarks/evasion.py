@@ -227,15 +227,15 @@ def evaluate_attacks(
 
 
 def _attack_classifier(world: str, seed: int) -> dict[str, Any]:
-    from benchmarks.authors_world import WorldConfig, build_world
-    from classifier import ScopeClassifier, classify_messages
-    from training.trainer import TrainConfig
+    from lethe.benchmarks.authors_world import WorldConfig, build_world
+    from lethe.classifier import classify_messages, train_scope_classifier
+    from lethe.training.trainer import TrainConfig
 
     config = WorldConfig.test(seed) if world == "test" else WorldConfig.small(seed)
     built = build_world(config)
     forget, retain = built.rows("forget"), built.rows("retain")
     started = time.perf_counter()
-    classifier = ScopeClassifier.train(
+    classifier = train_scope_classifier(
         [r["prompt"] for r in forget],
         [r["prompt"] for r in retain],
         TrainConfig.from_options("eco", {"seed": seed}).classifier_config(),
@@ -264,8 +264,8 @@ def run_evasion(world: str = "test", seed: int = 0, compare: bool = True) -> dic
     With ``compare``, a second classifier is trained and attacked with the text hardening of
     ``classifier/text.py`` switched off, so the before/after leak rates come from the same run.
     """
-    from classifier.pool import common_words
-    from classifier.text import set_evasion_hardening
+    from lethe.classifier.pool import common_words
+    from lethe.classifier.text import set_evasion_hardening
 
     after = _attack_classifier(world, seed)
     report: dict[str, Any] = {"world": world, **after}

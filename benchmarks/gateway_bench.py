@@ -38,11 +38,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-from runtime.generation import SamplingParams
-from runtime.model import LanguageModel
-from runtime.settings import LetheSettings
-from runtime.unlearning import ForgetSetRouter
-from training.presets import SMOKE_OPTIONS
+from lethe.runtime.generation import SamplingParams
+from lethe.runtime.model import LanguageModel
+from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.service.settings import GatewaySettings
+from lethe.training.presets import SMOKE_OPTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_KEY = "bench-key"
@@ -79,7 +79,7 @@ class _Server:
                 [
                     sys.executable,
                     "-m",
-                    "service.cli",
+                    "lethe.cli",
                     "serve",
                     "--model",
                     model,
@@ -125,8 +125,8 @@ class _Server:
 def _train_forget_set(
     model: LanguageModel, forget: list[dict], retain: list[dict], method: str, options: dict[str, Any], folder: Path
 ) -> Path:
-    from training.data import parse_rows
-    from training.trainer import TrainConfig, train_forget_set
+    from lethe.training.data import parse_rows
+    from lethe.training.trainer import TrainConfig, train_forget_set
 
     config = TrainConfig.from_options(method, options)
     artifact = train_forget_set(
@@ -175,9 +175,9 @@ def run(
     decode_workers: int = 2,
 ) -> dict[str, Any]:
     """Measure both paths and return the figures."""
-    from benchmarks.authors_world import WorldConfig, build_world
+    from lethe.benchmarks.authors_world import WorldConfig, build_world
 
-    settings = LetheSettings()
+    settings = GatewaySettings()
     threads = settings.threads or int(os.environ.get("LETHE_THREADS", "0") or 0) or min(2, os.cpu_count() or 1)
     import torch
 

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lethe.runtime.settings import RuntimeSettings
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``lethe probe``."""
@@ -33,17 +35,16 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from benchmarks.probe_eval import compare_probes
-    from runtime.artifact import ForgetSetArtifact
-    from runtime.model import LanguageModel
-    from runtime.unlearning import ForgetSetRouter
-    from service.cli import settings_from_args
+    from lethe.benchmarks.probe_eval import compare_probes
+    from lethe.runtime.artifact import ForgetSetArtifact
+    from lethe.runtime.model import LanguageModel
+    from lethe.runtime.unlearning import ForgetSetRouter
 
-    settings = settings_from_args(args, model=args.model)
+    settings = RuntimeSettings.from_args(args, model=args.model)
     model = LanguageModel.load(settings.model, settings, progress=True)
     build: dict[str, Any] = {}
     if args.demo:
-        from training.demo import load_or_build_demo
+        from lethe.training.demo import load_or_build_demo
 
         started = time.perf_counter()
         artifact, source = load_or_build_demo(settings, model)

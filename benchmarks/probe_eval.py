@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from runtime.generation import SamplingParams
-from runtime.model import LanguageModel
-from runtime.unlearning import ForgetSetRouter
-from training.metrics import EvalTarget, through_router
+from lethe.runtime.generation import SamplingParams
+from lethe.runtime.model import LanguageModel
+from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.training.metrics import EvalTarget, through_router
 
 PROBE_DIR = Path(__file__).parent / "probes"
 

@@ -153,7 +153,7 @@ def run(
     try:
         if upstream is None:
             port = _free_port()
-            command = [sys.executable, "-m", "benchmarks.proxy_bench", "--serve-stub", str(port)]
+            command = [sys.executable, "-m", "lethe.benchmarks.proxy_bench", "--serve-stub", str(port)]
             processes.append(_start(command, env, work / "stub.log"))
             upstream, model = f"http://127.0.0.1:{port}", STUB_MODEL
             _wait(f"{upstream}/v1/models", processes[-1], work / "stub.log")
@@ -161,7 +161,7 @@ def run(
             raise ValueError("--model is needed with --upstream")
         proxy_port = _free_port()
         command = [
-            sys.executable, "-m", "service.cli", "serve", "--port", str(proxy_port),
+            sys.executable, "-m", "lethe.cli", "serve", "--port", str(proxy_port),
             "--registry", str(work / "registry"), "--upstream", upstream, "--upstream-model", model,
             "--embeddings-from", embeddings_from, "--upstream-prompt-embeds", "no", "--log-level", "warning",
         ]  # fmt: skip

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.evasion import run_evasion
-from benchmarks.fuzz import fuzz_gateway
-from benchmarks.loadtest import run_load
+from lethe.benchmarks.evasion import run_evasion
+from lethe.benchmarks.fuzz import fuzz_gateway
+from lethe.benchmarks.loadtest import run_load
+from lethe.benchmarks.server_harness import GatewayServer, wait_for_job
 
 MODEL = "tiny-authors"
 API_KEY, ADMIN_KEY = "reliability-key", "reliability-admin"
@@ -28,32 +28,18 @@ FAST_OPTIONS: dict[str, Any] = {
 }  # fmt: skip
 
 
-def _server(registry: Path, args: list[str] | None = None) -> Any:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_gateway_support import GatewayServer  # the same process harness the tests use
-
+def _server(registry: Path, args: list[str] | None = None) -> GatewayServer:
     return GatewayServer(registry, api_keys=API_KEY, admin_key=ADMIN_KEY, args=args or [],
                          env={"LETHE_THREADS": os.environ.get("LETHE_THREADS", "1")})  # fmt: skip
 
 
-def _wait(admin: Any, job_id: str, states: tuple[str, ...], timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    job: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        job = admin.get(f"/admin/jobs/{job_id}").json()
-        if job["state"] in states:
-            return job
-        time.sleep(0.25)
-    return job
-
-
 def run_reliability(out: Path, quick: bool = False) -> dict[str, Any]:
     """Run every part, write ``reliability.json`` and ``reliability.md`` under ``out``; return the report."""
-    from benchmarks.authors_world import WorldConfig, build_world
-    from benchmarks.tiny_models import prepare_tiny_authors, prepare_world
-    from runtime.settings import LetheSettings
+    from lethe.benchmarks.authors_world import WorldConfig, build_world
+    from lethe.benchmarks.tiny_models import prepare_tiny_authors, prepare_world
+    from lethe.service.settings import GatewaySettings
 
-    settings = LetheSettings()
+    settings = GatewaySettings()
     prepare_world(settings.worlds_dir, "test")
     prepare_tiny_authors(settings.worlds_dir, "test", "full")
     world = build_world(WorldConfig.test())
@@ -66,7 +52,7 @@ def run_reliability(out: Path, quick: bool = False) -> dict[str, Any]:
                 body = {"name": "forget-people", "method": "eco", "forget": rows["forget"], "retain": rows["retain"],
                         "options": FAST_OPTIONS}  # fmt: skip
                 created = admin.post("/admin/forget-sets", json=body).json()
-                job = _wait(admin, created["job_id"], ("succeeded", "failed", "cancelled"), 900)
+                job = wait_for_job(admin, created["job_id"], ("succeeded", "failed", "cancelled"), 900)
             report["training"] = {"state": job["state"]}
             questions = [r["prompt"] for r in rows["forget"][:8] + rows["retain"][:8]]
             load = run_load(server.base_url, API_KEY, MODEL, [[{"role": "user", "content": q}] for q in questions],
@@ -114,7 +100,7 @@ def _kill_during_training(server: Any, rows: dict[str, list[dict]]) -> dict[str,
     with server.admin() as admin:
         created = admin.post("/admin/forget-sets", json={"name": "killed", "method": "eco",
                              "forget": rows["forget"], "retain": rows["retain"]}).json()  # fmt: skip
-        _wait(admin, created["job_id"], ("running",), 120)
+        wait_for_job(admin, created["job_id"], ("running",), 120)
     server.kill()
     started = time.perf_counter()
     server.start()

@@ -16,7 +16,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from benchmarks.reliability import run_reliability
+    from lethe.benchmarks.reliability import run_reliability
 
     report = run_reliability(args.out, quick=args.quick)
     summary = {

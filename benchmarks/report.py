@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.baselines import BASELINES
-from benchmarks.systems import LETHE_METHODS
+from lethe.benchmarks.baselines import BASELINES
+from lethe.benchmarks.systems import LETHE_METHODS
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "authors": (

@@ -10,11 +10,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.baselines import BaselineConfig
-from benchmarks.bench_metrics import System, serve_once
-from benchmarks.systems import build_system
-from runtime.model import LanguageModel
-from training.data import ForgetRow
+from lethe.benchmarks.baselines import BaselineConfig
+from lethe.benchmarks.bench_metrics import System, serve_once
+from lethe.benchmarks.systems import build_system
+from lethe.runtime.model import LanguageModel
+from lethe.training.data import ForgetRow
 
 Log = Callable[[str], None]
 
@@ -124,3 +124,27 @@ def interleaved_latency(systems: Sequence[System], questions: Sequence[str], rep
                 serve_once(systems[s], question)
                 times[s][q].append(time.perf_counter() - started)
     return [float(sum(statistics.median(t) for t in per_q) / len(per_q)) for per_q in times]
+
+
+# Quick budgets: smaller ECO search and fewer SPUL / baseline steps (documented in the report's meta).
+QUICK_LETHE: dict[str, Any] = {
+    "eco.grid": 3,
+    "eco.search_rows": 16,
+    "eco.rounds": 2,
+    "eco.steps_per_round": 1,
+    "eco.token_modes": ["salient"],
+    "spul.steps": 30,
+    "spul.check_every": 15,
+    "spul.zo_directions": 2,
+}
+SMOL_LETHE: dict[str, Any] = {
+    "eco.grid": 4,
+    "eco.search_rows": 16,
+    "eco.rounds": 2,
+    "eco.steps_per_round": 1,
+    "eco.token_modes": ["salient"],
+    "spul.steps": 30,
+    "spul.check_every": 15,
+    "spul.batch_size": 4,
+    "spul.zo_directions": 2,
+}

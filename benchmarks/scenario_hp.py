@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.baselines import BaselineConfig
-from benchmarks.bench_metrics import System, answers, classifier_rates, keyword_rate
-from benchmarks.probe_eval import load_probe
-from benchmarks.scenario_common import Budget, Log, run_methods
-from runtime.model import LanguageModel
-from training.data import ForgetRow
-from training.metrics import EvalTarget, rouge_l_recall
+from lethe.benchmarks.baselines import BaselineConfig
+from lethe.benchmarks.bench_metrics import System, answers, classifier_rates, keyword_rate
+from lethe.benchmarks.probe_eval import load_probe
+from lethe.benchmarks.scenario_common import SMOL_LETHE, Budget, Log, run_methods
+from lethe.runtime.model import LanguageModel
+from lethe.training.data import ForgetRow
+from lethe.training.metrics import EvalTarget, rouge_l_recall
 
 METHODS: tuple[str, ...] = (
     "base", "lethe_eco", "lethe_spul_zo", "lethe_spul_backprop", "lethe_eco_spul", "guardrail", "prompting",
@@ -30,7 +30,6 @@ METHODS: tuple[str, ...] = (
 
 def hp_budget(quick: bool) -> tuple[Budget, dict[str, Any]]:
     """Scenario 2's budget and sizes."""
-    from benchmarks.bench import SMOL_LETHE
 
     if quick:
         methods = ("base", "lethe_eco", "guardrail", "prompting", "npo")

@@ -21,12 +21,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from benchmarks.baselines import BASELINES, BaselineConfig
-from benchmarks.bench_metrics import System, classifier_rates, label_accuracy
-from benchmarks.scenario_common import Budget, Log, run_methods
-from benchmarks.systems import LETHE_METHODS
-from runtime.model import LanguageModel
-from training.data import ForgetRow
+from lethe.benchmarks.baselines import BASELINES, BaselineConfig
+from lethe.benchmarks.bench_metrics import System, classifier_rates, label_accuracy
+from lethe.benchmarks.scenario_common import SMOL_LETHE, Budget, Log, run_methods
+from lethe.benchmarks.systems import LETHE_METHODS
+from lethe.runtime.model import LanguageModel
+from lethe.training.data import ForgetRow
 
 FORGET_PATTERN = re.compile(r"\b(story|stories|plot|script|performances?|actors?|acting|cast)\b")
 LABELS = ("positive", "negative")
@@ -78,7 +78,6 @@ def splits(seed: int, limits: dict[str, int | None]) -> dict[str, list[ForgetRow
 
 def sentiment_budget(quick: bool) -> tuple[Budget, dict[str, int | None]]:
     """Scenario 3's budget and split sizes."""
-    from benchmarks.bench import SMOL_LETHE
 
     options = {**SMOL_LETHE, "spul.target": "perturbed", "spul.init_text": "Answer with the opposite sentiment."}
     if quick:

@@ -11,14 +11,14 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks.authors_world import read_rows
-from benchmarks.bench_metrics import System, classifier_rates, ratios_of, scores, tofu_metrics
-from benchmarks.scenario_common import Budget, Log, run_methods
-from benchmarks.tiny_models import Size, prepare_tiny_authors, prepare_world
-from runtime.model import LanguageModel
-from runtime.settings import LetheSettings
-from training.data import ForgetRow
-from training.metrics import EvalTarget
+from lethe.benchmarks.authors_world import read_rows
+from lethe.benchmarks.bench_metrics import System, classifier_rates, ratios_of, scores, tofu_metrics
+from lethe.benchmarks.scenario_common import Budget, Log, run_methods
+from lethe.benchmarks.tiny_models import Size, prepare_tiny_authors, prepare_world
+from lethe.runtime.model import LanguageModel
+from lethe.runtime.settings import RuntimeSettings
+from lethe.training.data import ForgetRow
+from lethe.training.metrics import EvalTarget
 
 
 def load_split(data: Any, split: str) -> list[ForgetRow]:
@@ -33,7 +33,7 @@ def _sample(rows: Sequence[ForgetRow], count: int | None, seed: int) -> list[For
 
 
 def run_authors(
-    settings: LetheSettings,
+    settings: RuntimeSettings,
     size: Size,
     budget: Budget,
     seed: int,

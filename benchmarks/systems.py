@@ -15,13 +15,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from benchmarks.baselines import BASELINES, BaselineConfig, unlearn
-from benchmarks.bench_metrics import PromptedTarget, System
-from runtime.model import LanguageModel
-from runtime.unlearning import ForgetSetRouter
-from training.data import ForgetRow
-from training.metrics import EvalTarget, through_router
-from training.trainer import TrainConfig, train_forget_set
+from lethe.benchmarks.baselines import BASELINES, BaselineConfig, unlearn
+from lethe.benchmarks.bench_metrics import PromptedTarget, System
+from lethe.runtime.model import LanguageModel
+from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.training.data import ForgetRow
+from lethe.training.metrics import EvalTarget, through_router
+from lethe.training.trainer import TrainConfig, train_forget_set
 
 LETHE_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "lethe_eco": ("eco", {}),
@@ -68,15 +68,15 @@ def guardrail_system(
     model: LanguageModel, forget: Sequence[ForgetRow], retain: Sequence[ForgetRow], seed: int
 ) -> System:
     """The refusal guardrail: Lethe's scope classifier, trained alone, answering flagged prompts with a refusal."""
-    from classifier import ScopeClassifier
+    from lethe.classifier import train_scope_classifier
 
     config = TrainConfig.from_options("eco", {"seed": seed})
     started = time.perf_counter()
-    classifier = ScopeClassifier.train(
+    classifier = train_scope_classifier(
         [r.prompt for r in forget], [r.prompt for r in retain] or None, config.classifier_config()
     )
     train_s = time.perf_counter() - started
-    from classifier import classify_messages
+    from lethe.classifier import classify_messages
 
     def flags(question: str) -> bool:
         return bool(classify_messages({"guardrail": classifier}, [{"role": "user", "content": question}]))

@@ -20,7 +20,6 @@ name and renamed into place when complete, and a file lock keeps concurrent buil
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -36,7 +35,9 @@ from typing import Literal
 
 import torch
 
-from benchmarks.authors_world import SPLITS, WorldConfig, build_world, read_rows, write_world
+from lethe.benchmarks.authors_world import SPLITS, WorldConfig, build_world, read_rows, write_world
+from lethe.runtime.loading import ModelPreparer, build_lock
+from lethe.runtime.settings import RuntimeSettings
 
 Size = Literal["test", "bench"]
 Variant = Literal["full", "retain"]
@@ -109,18 +110,6 @@ def build_key(size: Size) -> str:
 # ---------------------------------------------------------------- caching
 
 
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """Exclusive ``flock`` on ``.<root name>.lock`` next to ``root``."""
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _publish(tmp: Path, final: Path) -> None:
     """Move a completed temporary folder into place (same parent, atomic rename)."""
     if final.exists():
@@ -156,7 +145,7 @@ def prepare_world(cache_dir: Path, size: Size = "test") -> Path:
     root = _root(cache_dir, size)
     if (root / "data" / "world.json").is_file():
         return root / "data"
-    with _locked(root):
+    with build_lock(root):
         return _ensure_world(root, size)
 
 
@@ -169,12 +158,28 @@ def prepare_tiny_authors(
     root = _root(cache_dir, size)
     if _is_built(root / variant):
         return root / variant
-    with _locked(root):
+    with build_lock(root):
         if not _is_built(root / variant):
             _clean_stale(root)
             data = _ensure_world(root, size)
             _build_all(root, data, configs(size)[1], progress)
     return root / variant
+
+
+def _registered(size: Size, variant: Variant) -> ModelPreparer:
+    def prepare(settings: RuntimeSettings, progress: bool) -> Path:
+        return prepare_tiny_authors(settings.worlds_dir, size, variant, progress=progress)
+
+    return prepare
+
+
+# The ``lethe.models`` entry point (pyproject.toml): built-in names for ``--model``.
+BUILTIN_MODELS: dict[str, ModelPreparer] = {
+    "tiny-authors": _registered("test", "full"),
+    "tiny-authors-retain": _registered("test", "retain"),
+    "tiny-authors-bench": _registered("bench", "full"),
+    "tiny-authors-bench-retain": _registered("bench", "retain"),
+}
 
 
 def _is_built(folder: Path) -> bool:

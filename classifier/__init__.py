@@ -1,6 +1,6 @@
 """Scope classifier: decides per request whether a prompt touches an active forget set.
 
-Training (``ScopeClassifier.train``): forget prompts are positives; retain prompts, look-alike
+Training (``train_scope_classifier``): forget prompts are positives; retain prompts, look-alike
 names and a shipped general pool (news and Wikipedia sentences from gensim, templated generic
 questions) are negatives.  Forget prompts are split into train / validation / calibration parts.
 The model is a logistic regression over word and character n-gram TF-IDF plus two fuzzy
@@ -16,9 +16,10 @@ Serving uses exported numpy weights and a small pure-Python scorer (no scikit-le
 artifacts are JSON + safetensors, written atomically.
 """
 
-from classifier.config import ClassifierConfig, ClassifierLoadError, ClassifierTrainingError
-from classifier.messages import ScopeFlag, classify_messages, classify_text, message_text
-from classifier.model import ScopeClassifier
+from lethe.classifier.config import ClassifierConfig, ClassifierLoadError, ClassifierTrainingError
+from lethe.classifier.messages import ScopeFlag, classify_messages, classify_text, message_text
+from lethe.classifier.model import ScopeClassifier
+from lethe.classifier.trainer import train_scope_classifier
 
 __all__ = [
     "ClassifierConfig",
@@ -29,4 +30,5 @@ __all__ = [
     "classify_messages",
     "classify_text",
     "message_text",
+    "train_scope_classifier",
 ]

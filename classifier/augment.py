@@ -14,7 +14,7 @@ import re
 import string
 from collections.abc import Sequence
 
-from classifier.entities import STOPWORDS
+from lethe.classifier.entities import STOPWORDS
 
 FRAMES = (
     "Tell me about {e}.", "Who is {e}?", "What do you know about {e}?", "Give me a short biography of {e}.",

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from classifier.augment import frames, near_misses, shorten_entities, variants
-from classifier.config import ClassifierConfig, ClassifierTrainingError
-from classifier.entities import Entity, capitalized_runs, contains_any, mine_entities
-from classifier.pool import common_words, load_pool
-from classifier.text import cached_words
+from lethe.classifier.augment import frames, near_misses, shorten_entities, variants
+from lethe.classifier.config import ClassifierConfig, ClassifierTrainingError
+from lethe.classifier.entities import Entity, capitalized_runs, contains_any, mine_entities
+from lethe.classifier.pool import common_words, load_pool
+from lethe.classifier.text import cached_words
 
 
 def clean_prompts(prompts: Any, name: str, required: bool) -> list[str]:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from classifier.text import normalize_word, word_spans
+from lethe.classifier.text import normalize_word, word_spans
 
 _STOPWORDS_TEXT = (
     """a an the and or but if then of in on at to for from by with about as into onto over under after before

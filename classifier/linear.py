@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from classifier.entities import EntityMatcher
-from classifier.text import Doc, Ranges, cached_words, char_ngrams, char_ngrams_of, word_ngrams
+from lethe.classifier.entities import EntityMatcher
+from lethe.classifier.text import Doc, Ranges, cached_words, char_ngrams, char_ngrams_of, word_ngrams
 
 if TYPE_CHECKING:  # scikit-learn and scipy are needed to train, not to serve
     import scipy.sparse as sp

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from classifier.model import ScopeClassifier, conversation_docs
-from classifier.text import Doc
+from lethe.classifier.model import ScopeClassifier, conversation_docs
+from lethe.classifier.text import Doc
 
 
 @dataclass

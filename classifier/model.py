@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file
 
-from classifier.config import ClassifierConfig, ClassifierLoadError
-from classifier.entities import Entity, EntityMatcher
-from classifier.linear import DenseBlock, EntityBlock, Featurizer, LinearScorer, TfidfBlock
-from classifier.salience import mask_to_spans, salient_word_mask
-from classifier.storage import atomic_folder, write_json, write_tensors
-from classifier.text import Doc, Ranges, char_ngrams_of
+from lethe.classifier.config import ClassifierConfig, ClassifierLoadError
+from lethe.classifier.entities import Entity, EntityMatcher
+from lethe.classifier.linear import DenseBlock, EntityBlock, Featurizer, LinearScorer, TfidfBlock
+from lethe.classifier.salience import mask_to_spans, salient_word_mask
+from lethe.classifier.storage import atomic_folder, write_json, write_tensors
+from lethe.classifier.text import Doc, Ranges, char_ngrams_of
 
 FORMAT = "lethe-scope-classifier"
 VERSION = 1
@@ -51,20 +51,6 @@ class ScopeClassifier:
         self._calibration = dict(calibration)
         self._threshold = float(calibration["threshold"])
         self.featurizer = featurizer if scorer.dense is not None else None
-
-    @classmethod
-    def train(
-        cls,
-        forget_prompts: list[str],
-        retain_prompts: list[str] | None = None,
-        config: ClassifierConfig | None = None,
-        featurizer: Featurizer | None = None,
-        progress: Callable[[float], None] | None = None,
-    ) -> ScopeClassifier:
-        """Train on forget prompts against retain prompts and the built-in pool, then calibrate."""
-        from classifier.trainer import train_classifier
-
-        return train_classifier(forget_prompts, retain_prompts, config or ClassifierConfig(), featurizer, progress)
 
     @property
     def threshold(self) -> float:

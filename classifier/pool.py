@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from classifier.text import WORD_PATTERN, normalize_word
+from lethe.classifier.text import WORD_PATTERN, normalize_word
 
 DATA_DIR = Path(__file__).parent / "data"
 POOL_FILES = ("news.txt", "wiki.txt", "questions.txt")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from classifier.entities import EntityMatcher
-from classifier.linear import LinearScorer
-from classifier.text import Doc, char_ngrams_of
+from lethe.classifier.entities import EntityMatcher
+from lethe.classifier.linear import LinearScorer
+from lethe.classifier.text import Doc, char_ngrams_of
 
 _JOIN_GAP = re.compile(r"[\s.\-'’]{0,3}")
 

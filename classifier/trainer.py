@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from classifier.calibration import combine, fpr_threshold, recall_threshold
-from classifier.config import ClassifierConfig, ClassifierTrainingError
-from classifier.dataset import TrainingData, TrainingSet, calibration_groups, clean_inputs, prepare, training_set
-from classifier.entities import EntityMatcher
-from classifier.linear import Featurizer, FittedModel, fit_linear
-from classifier.model import ScopeClassifier
-from classifier.text import Doc, Ranges
+from lethe.classifier.calibration import combine, fpr_threshold, recall_threshold
+from lethe.classifier.config import ClassifierConfig, ClassifierTrainingError
+from lethe.classifier.dataset import TrainingData, TrainingSet, calibration_groups, clean_inputs, prepare, training_set
+from lethe.classifier.entities import EntityMatcher
+from lethe.classifier.linear import Featurizer, FittedModel, fit_linear
+from lethe.classifier.model import ScopeClassifier
+from lethe.classifier.text import Doc, Ranges
 
 EXPORT_CHECK_SAMPLES = 64
 EXPORT_TOLERANCE = 1e-6
@@ -125,14 +125,18 @@ def _calibrate(best: _Candidate, d: TrainingData, config: ClassifierConfig, val_
     }
 
 
-def train_classifier(
+def train_scope_classifier(
     forget_prompts: Any,
-    retain_prompts: Any,
-    config: ClassifierConfig,
-    featurizer: Featurizer | None,
-    progress: Callable[[float], None] | None,
+    retain_prompts: Any = None,
+    config: ClassifierConfig | None = None,
+    featurizer: Featurizer | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> ScopeClassifier:
-    """Full training run; see the package docstring for the protocol."""
+    """Train on forget prompts against retain prompts and the built-in pool, then calibrate.
+
+    See the package docstring for the protocol.
+    """
+    config = config or ClassifierConfig()
     report = progress or (lambda _f: None)
     forget, retain = clean_inputs(forget_prompts, retain_prompts)
     if featurizer is not None:

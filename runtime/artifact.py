@@ -28,10 +28,10 @@ import torch
 from pydantic import BaseModel, Field, ValidationError
 from safetensors.torch import load_file, save_file
 
-from runtime.interventions import CorruptionFunction
+from lethe.runtime.interventions import CorruptionFunction
 
 if TYPE_CHECKING:
-    from classifier import ScopeClassifier
+    from lethe.classifier import ScopeClassifier
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -196,7 +196,7 @@ class ForgetSetArtifact:
     @classmethod
     def load(cls, folder: Path, fingerprint: str | None = None, hidden_size: int | None = None) -> ForgetSetArtifact:
         """Read and validate an artifact; with ``fingerprint``, refuse one trained for another model."""
-        from classifier import ScopeClassifier
+        from lethe.classifier import ScopeClassifier
 
         folder = Path(folder)
         manifest = read_manifest(folder)

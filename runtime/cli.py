@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from runtime.generation import SamplingParams
-from runtime.loading import BUILTIN_MODELS, prepare_model
+from lethe.runtime.generation import SamplingParams
+from lethe.runtime.loading import builtin_model_names, prepare_model
+from lethe.runtime.settings import RuntimeSettings
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -14,7 +15,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser("models", help="prepare built-in models")
     models_commands = models.add_subparsers(dest="models_command", required=True)
     prepare = models_commands.add_parser("prepare", help="prepare a model and print its folder")
-    prepare.add_argument("name", help=f"built-in name ({', '.join(BUILTIN_MODELS)}), HF folder or .gguf file")
+    prepare.add_argument("name", help=f"built-in name ({', '.join(builtin_model_names())}), HF folder or .gguf file")
     prepare.set_defaults(handler=_prepare)
 
     generate = commands.add_parser("generate", help="generate from a model (chat-templated when it has a template)")
@@ -30,18 +31,16 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from service.cli import settings_from_args
 
-    print(prepare_model(args.name, settings_from_args(args), progress=True))
+    print(prepare_model(args.name, RuntimeSettings.from_args(args), progress=True))
     return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from runtime.model import LanguageModel
-    from runtime.unlearning import ForgetSetRouter
-    from service.cli import settings_from_args
+    from lethe.runtime.model import LanguageModel
+    from lethe.runtime.unlearning import ForgetSetRouter
 
-    settings = settings_from_args(args, model=args.model)
+    settings = RuntimeSettings.from_args(args, model=args.model)
     model = LanguageModel.load(settings.model, settings)
     router = ForgetSetRouter.from_folders(args.forget_set, model.embedder)
     messages = [{"role": "user", "content": args.prompt}]

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from runtime.prompt import MessageSpan, TemplatedPrompt, locate_contents, token_range
+from lethe.runtime.prompt import MessageSpan, TemplatedPrompt, locate_contents, token_range
 
 # Config keys that describe the network's shape; anything else (paths, versions, dtypes,
 # quantization notes) may differ between copies of the same weights.

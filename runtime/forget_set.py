@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
-from runtime.artifact import EcoParameters, ForgetSetArtifact
-from runtime.interventions import (
+from lethe.runtime.artifact import EcoParameters, ForgetSetArtifact
+from lethe.runtime.interventions import (
     NO_INTERVENTION,
     Corruption,
     CorruptStep,
@@ -19,7 +19,7 @@ from runtime.interventions import (
     PrependStep,
     derive_seed,
 )
-from runtime.prompt import CharSpan, TemplatedPrompt
+from lethe.runtime.prompt import CharSpan, TemplatedPrompt
 
 
 def intervention_mask(prompt: TemplatedPrompt, spans_per_message: Sequence[Sequence[CharSpan]] | None) -> list[bool]:

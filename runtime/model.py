@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.embedder import PromptEmbedder
-from runtime.generation import Decoder, GenerationResult, SamplingParams, StepEvent, pad_embeddings
-from runtime.interventions import InterventionPlan, apply_plan
-from runtime.loading import prepare_model
-from runtime.prompt import TemplatedPrompt
-from runtime.settings import LetheSettings
+from lethe.runtime.embedder import PromptEmbedder
+from lethe.runtime.generation import Decoder, GenerationResult, SamplingParams, StepEvent, pad_embeddings
+from lethe.runtime.interventions import InterventionPlan, apply_plan
+from lethe.runtime.loading import prepare_model
+from lethe.runtime.prompt import TemplatedPrompt
+from lethe.runtime.settings import RuntimeSettings
 
 PromptLike = TemplatedPrompt | Sequence[int] | torch.Tensor
 
@@ -56,11 +56,11 @@ class LanguageModel:
         )
 
     @classmethod
-    def load(cls, spec: str, settings: LetheSettings | None = None, progress: bool = False) -> LanguageModel:
+    def load(cls, spec: str, settings: RuntimeSettings | None = None, progress: bool = False) -> LanguageModel:
         """Load a built-in name, a Hugging Face folder or a GGUF file."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        settings = settings or LetheSettings()
+        settings = settings or RuntimeSettings()
         if settings.threads > 0:
             torch.set_num_threads(settings.threads)
         folder = prepare_model(spec, settings, progress=progress)

@@ -1,20 +1,25 @@
-"""One settings object for the whole product, read from the environment (``LETHE_*``) and CLI flags."""
+"""The runtime's settings: where prepared models live, which model, how many CPU threads.
+
+Read from the environment (``LETHE_*``) and overridden by CLI flags. The gateway's settings
+(``lethe.service.settings.GatewaySettings``) extend this object, so one settings object
+configures a whole process.
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
+import argparse
 from pathlib import Path
-from typing import Literal
+from typing import Self
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class LetheSettings(BaseSettings):
-    """Configuration shared by the runtime, the trainer and the gateway.
+class RuntimeSettings(BaseSettings):
+    """Configuration of model loading shared by the runtime, the trainer, benchmarks and the gateway.
 
-    Every field can be set from the environment with the ``LETHE_`` prefix
-    (``LETHE_HOME``, ``LETHE_API_KEYS``...) and overridden by CLI flags.
+    Every field can be set from the environment with the ``LETHE_`` prefix (``LETHE_HOME``...)
+    and overridden by CLI flags.
     """
 
     model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
@@ -23,51 +28,10 @@ class LetheSettings(BaseSettings):
     model: str = Field(default="smollm2", description="Built-in name, HF folder or GGUF file to serve.")
     threads: int = Field(default=0, description="torch CPU threads; 0 keeps torch's default.")
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_keys: str = Field(default="", description="Comma-separated bearer keys for /v1 routes.")
-    admin_key: str = Field(default="", description="Bearer key for /admin routes.")
-    registry: Path = Field(default=Path("~/.cache/lethe/registry"), description="Forget-set registry folder.")
-
-    max_body_bytes: int = 8 * 1024 * 1024
-    max_prompt_tokens: int = 2048
-    max_new_tokens: int = 512
-    max_concurrency: int = 4
-    max_batch_size: int = 8
-    batch_window_ms: float = 5.0
-    max_queue_depth: int = Field(default=64, description="Generations waiting for a batch before a 503.")
-    decode_workers: int = Field(default=2, ge=1, description="Batches the gateway decodes at the same time.")
-    allow_prompt_embeds: bool = Field(default=True, description="Accept vLLM-style prompt_embeds on /v1/completions.")
-
-    upstream: str | None = Field(default=None, description="Proxy mode: base URL of the upstream model server.")
-    upstream_model: str | None = Field(default=None, description="Proxy mode: the upstream's model name.")
-    upstream_timeout_s: float = Field(default=60.0, gt=0, description="Longest wait for upstream bytes.")
-    upstream_connect_timeout_s: float = Field(default=5.0, gt=0, description="Longest wait for a connection.")
-    upstream_connect_retries: int = Field(default=2, ge=0, description="Retries of refused/failed connects only.")
-    upstream_max_connections: int = Field(default=100, ge=1, description="Pooled connections to the upstream.")
-    upstream_api_key: str = Field(default="", description="Bearer key the proxy sends upstream.")
-    upstream_prompt_embeds: Literal["auto", "yes", "no"] = Field(
-        default="auto", description="Whether the upstream takes prompt_embeds (auto: probed at start)."
-    )
-    no_embeds_policy: Literal["refuse", "text", "block"] = Field(
-        default="refuse", description="Flagged requests when the upstream takes no prompt_embeds."
-    )
-    refusal_message: str = "I'm sorry, but I can't help with that request."
-    embeddings_from: str | None = Field(
-        default=None, description="Proxy mode: model whose tokenizer and embedding matrix to load (default: model)."
-    )
-    max_import_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description="Largest artifact archive upload.")
-    max_import_unpacked_bytes: int = Field(default=256 * 1024 * 1024, ge=1, description="Largest unpacked archive.")
-
-    @field_validator("home", "registry", mode="after")
+    @field_validator("home", mode="after")
     @classmethod
-    def _expand(cls, value: Path) -> Path:
+    def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
-
-    @property
-    def api_key_list(self) -> list[str]:
-        """The configured inference keys, stripped, without empties."""
-        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
 
     @property
     def models_dir(self) -> Path:
@@ -79,8 +43,8 @@ class LetheSettings(BaseSettings):
         """Folder holding generated fictitious-authors worlds and their tiny models."""
         return self.home / "worlds"
 
-
-@lru_cache(maxsize=1)
-def get_settings() -> LetheSettings:
-    """Settings read once from the environment."""
-    return LetheSettings()
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **overrides: object) -> Self:
+        """Settings from the environment, with the global flags and ``overrides`` (non-None) on top."""
+        values = {"home": getattr(args, "home", None), "threads": getattr(args, "threads", None), **overrides}
+        return cls(**{k: v for k, v in values.items() if v is not None})

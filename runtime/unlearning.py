@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from runtime.artifact import ForgetSetArtifact
-from runtime.forget_set import compose_plans, plan_for_flag
-from runtime.interventions import NO_INTERVENTION, InterventionPlan
-from runtime.prompt import TemplatedPrompt
+from lethe.runtime.artifact import ForgetSetArtifact
+from lethe.runtime.forget_set import compose_plans, plan_for_flag
+from lethe.runtime.interventions import NO_INTERVENTION, InterventionPlan
+from lethe.runtime.prompt import TemplatedPrompt
 
 if TYPE_CHECKING:
-    from classifier import ScopeFlag
-    from runtime.embedder import PromptEmbedder
+    from lethe.classifier import ScopeFlag
+    from lethe.runtime.embedder import PromptEmbedder
 
 
 @dataclass
@@ -74,7 +74,7 @@ class ForgetSetRouter:
         sets = self._sets
         if not sets:
             return []
-        from classifier import classify_messages, classify_text
+        from lethe.classifier import classify_messages, classify_text
 
         classifiers = {fid: artifact.classifier for fid, artifact in sets.items()}
         if messages is not None:

@@ -11,10 +11,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.errors import not_found
-from service.forget_sets import job_view
-from service.gateway import Gateway, gateway_of
-from service.schemas import ClassifyRequest, ForgetSetCreate, ForgetSetPatch, parse_body
+from lethe.service.errors import not_found
+from lethe.service.forget_sets import job_view
+from lethe.service.gateway import Gateway, gateway_of
+from lethe.service.schemas import ClassifyRequest, ForgetSetCreate, ForgetSetPatch, parse_body
 
 router = APIRouter(prefix="/admin")
 

@@ -9,11 +9,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from service import admin_routes, import_routes, openai_routes, proxy_routes
-from service.batcher import Overloaded
-from service.errors import OVERLOADED, APIError, install_error_handlers
-from service.gateway import Gateway, gateway_of
-from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from lethe.service import admin_routes, import_routes, openai_routes, proxy_routes
+from lethe.service.batcher import Overloaded
+from lethe.service.errors import OVERLOADED, APIError, install_error_handlers
+from lethe.service.gateway import Gateway, gateway_of
+from lethe.service.middleware import BodyLimitMiddleware, MetricsMiddleware
 
 
 def create_app(gateway: Gateway) -> FastAPI:

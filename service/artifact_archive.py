@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from runtime.artifact import MANIFEST
+from lethe.runtime.artifact import MANIFEST
 
 ALLOWED_SUFFIXES = (".json", ".safetensors")
 MAX_MEMBERS = 64

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from service.errors import AUTHENTICATION, PERMISSION, APIError
+from lethe.service.errors import AUTHENTICATION, PERMISSION, APIError
 
 
 def _matches(candidate: bytes, keys: Sequence[bytes]) -> bool:

@@ -20,12 +20,12 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from runtime.embedder import PromptEmbedder
-from runtime.generation import SamplingParams, StepEvent
-from runtime.interventions import InterventionPlan
-from runtime.model import LanguageModel, PromptLogprobs
-from runtime.prompt import TemplatedPrompt
-from service.batcher import MicroBatcher, Overloaded
+from lethe.runtime.embedder import PromptEmbedder
+from lethe.runtime.generation import SamplingParams, StepEvent
+from lethe.runtime.interventions import InterventionPlan
+from lethe.runtime.model import LanguageModel, PromptLogprobs
+from lethe.runtime.prompt import TemplatedPrompt
+from lethe.service.batcher import MicroBatcher, Overloaded
 
 
 @dataclass(frozen=True)

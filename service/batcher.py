@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from runtime.generation import SamplingParams, StepEvent
+from lethe.runtime.generation import SamplingParams, StepEvent
 
 logger = logging.getLogger("lethe.batcher")
 

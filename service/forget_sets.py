@@ -14,15 +14,15 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from runtime.artifact import ArtifactError, ForgetSetArtifact, new_forget_set_id
-from runtime.embedder import PromptEmbedder
-from runtime.model import LanguageModel
-from runtime.unlearning import ForgetSetRouter
-from service.audit import AuditLog
-from service.errors import CONFLICT, APIError, bad_request, not_found
-from service.jobs import JobRunner, ProgressReporter, TrainJob
-from service.registry import INTERRUPTED, ForgetSetRecord, JobRecord, Registry, new_job_id, remove_folder
-from service.schemas import ForgetSetCreate
+from lethe.runtime.artifact import ArtifactError, ForgetSetArtifact, new_forget_set_id
+from lethe.runtime.embedder import PromptEmbedder
+from lethe.runtime.model import LanguageModel
+from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.service.audit import AuditLog
+from lethe.service.errors import CONFLICT, APIError, bad_request, not_found
+from lethe.service.jobs import JobRunner, ProgressReporter, TrainJob
+from lethe.service.registry import INTERRUPTED, ForgetSetRecord, JobRecord, Registry, new_job_id, remove_folder
+from lethe.service.schemas import ForgetSetCreate
 
 logger = logging.getLogger("lethe.forget_sets")
 MAX_ERROR_CHARS = 500
@@ -112,8 +112,8 @@ class ForgetSetManager:
 
     def create(self, body: ForgetSetCreate) -> tuple[ForgetSetRecord, JobRecord]:
         """Validate a forget-set request (400 on bad input, before anything is stored) and queue its training."""
-        from training.data import TrainingDataError, parse_rows
-        from training.trainer import TrainConfig
+        from lethe.training.data import TrainingDataError, parse_rows
+        from lethe.training.trainer import TrainConfig
 
         if self._model() is None:
             raise APIError(501, "Training needs a local model; this gateway has none.", code="training_unavailable")
@@ -157,7 +157,7 @@ class ForgetSetManager:
 
     def _execute(self, job: TrainJob) -> None:
         """Run one job on the training thread: train, save atomically, go live; or record why not."""
-        from training.trainer import TrainingCancelled, train_forget_set, train_topic
+        from lethe.training.trainer import TrainingCancelled, train_forget_set, train_topic
 
         if job.cancel.is_set() or not self.registry.job_started(job.id):
             return

@@ -8,17 +8,17 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from runtime.artifact import ForgetSetArtifact
-from runtime.model import LanguageModel
-from runtime.settings import LetheSettings
-from runtime.unlearning import ForgetSetRouter
-from service.audit import AuditLog
-from service.auth import KeyChecker
-from service.backend import Backend, LocalBackend
-from service.forget_sets import ForgetSetManager
-from service.inference import InferencePipeline
-from service.metrics import GatewayMetrics
-from service.registry import Registry
+from lethe.runtime.artifact import ForgetSetArtifact
+from lethe.runtime.model import LanguageModel
+from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.service.audit import AuditLog
+from lethe.service.auth import KeyChecker
+from lethe.service.backend import Backend, LocalBackend
+from lethe.service.forget_sets import ForgetSetManager
+from lethe.service.inference import InferencePipeline
+from lethe.service.metrics import GatewayMetrics
+from lethe.service.registry import Registry
+from lethe.service.settings import GatewaySettings
 
 AUDIT_FILE = "audit.jsonl"
 
@@ -27,7 +27,7 @@ AUDIT_FILE = "audit.jsonl"
 class Gateway:
     """Everything a request handler needs."""
 
-    settings: LetheSettings
+    settings: GatewaySettings
     backend: Backend
     router: ForgetSetRouter
     forget_sets: ForgetSetManager
@@ -59,7 +59,7 @@ class Gateway:
 
 
 def build_gateway(
-    settings: LetheSettings,
+    settings: GatewaySettings,
     backend: Backend,
     startup_artifacts: Iterable[tuple[ForgetSetArtifact, str]] = (),
 ) -> Gateway:
@@ -94,7 +94,7 @@ def build_gateway(
     return gateway
 
 
-def local_backend(model: LanguageModel, settings: LetheSettings) -> LocalBackend:
+def local_backend(model: LanguageModel, settings: GatewaySettings) -> LocalBackend:
     """A ``LocalBackend`` sized from settings."""
     return LocalBackend(
         model,

@@ -18,11 +18,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from runtime.artifact import ArtifactError, FingerprintMismatchError, ForgetSetArtifact
-from service.artifact_archive import ArchiveError, unpack_archive
-from service.errors import CONFLICT, INVALID_REQUEST, APIError, bad_request
-from service.gateway import Gateway, gateway_of
-from service.registry import remove_folder
+from lethe.runtime.artifact import ArtifactError, FingerprintMismatchError, ForgetSetArtifact
+from lethe.service.artifact_archive import ArchiveError, unpack_archive
+from lethe.service.errors import CONFLICT, INVALID_REQUEST, APIError, bad_request
+from lethe.service.gateway import Gateway, gateway_of
+from lethe.service.registry import remove_folder
 
 IMPORT_PATH = "/admin/forget-sets/import"
 router = APIRouter()

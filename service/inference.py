@@ -20,17 +20,17 @@ from typing import Any, TypeVar
 
 import torch
 
-from runtime.embedder import PromptEmbedder
-from runtime.generation import SamplingParams
-from runtime.prompt import TemplatedPrompt
-from runtime.settings import LetheSettings
-from runtime.unlearning import ForgetSetRouter, RoutingDecision
-from service.audit import AuditLog, sha256_tensor, sha256_text, sha256_tokens
-from service.backend import Backend, BackendRequest
-from service.errors import APIError, bad_request
-from service.metrics import GatewayMetrics
-from service.prompt_embeds import decode_prompt_embeds, nearest_token_ids, prompt_from_ids
-from service.schemas import MAX_PROMPTS_PER_REQUEST, ChatCompletionRequest, ChatMessage, CompletionRequest
+from lethe.runtime.embedder import PromptEmbedder
+from lethe.runtime.generation import SamplingParams
+from lethe.runtime.prompt import TemplatedPrompt
+from lethe.runtime.unlearning import ForgetSetRouter, RoutingDecision
+from lethe.service.audit import AuditLog, sha256_tensor, sha256_text, sha256_tokens
+from lethe.service.backend import Backend, BackendRequest
+from lethe.service.errors import APIError, bad_request
+from lethe.service.metrics import GatewayMetrics
+from lethe.service.prompt_embeds import decode_prompt_embeds, nearest_token_ids, prompt_from_ids
+from lethe.service.schemas import MAX_PROMPTS_PER_REQUEST, ChatCompletionRequest, ChatMessage, CompletionRequest
+from lethe.service.settings import GatewaySettings
 
 T = TypeVar("T")
 DEFAULT_COMPLETION_MAX_TOKENS = 16
@@ -63,7 +63,7 @@ class InferencePipeline:
         self,
         backend: Backend,
         router: ForgetSetRouter,
-        settings: LetheSettings,
+        settings: GatewaySettings,
         metrics: GatewayMetrics,
         audit: AuditLog,
         threads: int = 2,
@@ -230,7 +230,7 @@ class InferencePipeline:
         return await self.run(self._classify, messages, text)
 
     def _classify(self, messages: Sequence[ChatMessage] | None, text: str | None) -> dict[str, Any]:
-        from runtime.forget_set import intervention_mask
+        from lethe.runtime.forget_set import intervention_mask
 
         if messages is not None:
             rendered = [m.as_template_message() for m in messages]

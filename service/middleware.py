@@ -8,8 +8,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import INVALID_REQUEST, error_body
-from service.metrics import GatewayMetrics
+from lethe.service.errors import INVALID_REQUEST, error_body
+from lethe.service.metrics import GatewayMetrics
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any], close: bool = False) -> None:

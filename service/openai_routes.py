@@ -16,12 +16,12 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from service.backend import BackendRequest, Completion, Delta
-from service.batcher import Overloaded
-from service.errors import SERVER, APIError, bad_request, error_body, unsupported
-from service.gateway import Gateway, gateway_of
-from service.inference import DEFAULT_COMPLETION_MAX_TOKENS, RoutedPrompt
-from service.schemas import ChatCompletionRequest, CompletionRequest, parse_body
+from lethe.service.backend import BackendRequest, Completion, Delta
+from lethe.service.batcher import Overloaded
+from lethe.service.errors import SERVER, APIError, bad_request, error_body, unsupported
+from lethe.service.gateway import Gateway, gateway_of
+from lethe.service.inference import DEFAULT_COMPLETION_MAX_TOKENS, RoutedPrompt
+from lethe.service.schemas import ChatCompletionRequest, CompletionRequest, parse_body
 
 router = APIRouter()
 T = TypeVar("T")

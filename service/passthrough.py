@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator, Mapping
 
 from starlette.responses import Response, StreamingResponse
 
-from service.errors import SERVER, APIError
-from service.upstream import HOP_HEADERS, UpstreamClient, UpstreamError, status_error
-from service.upstream_pool import RawResponse
+from lethe.service import upstream_errors as errors
+from lethe.service.errors import APIError
+from lethe.service.upstream import HOP_HEADERS, UpstreamClient
+from lethe.service.upstream_pool import RawResponse
 
 
 def forwardable(headers: Mapping[str, str] | list[tuple[str, str]]) -> dict[str, str]:
@@ -34,7 +35,7 @@ async def forward(upstream: UpstreamClient, path: str, body: bytes, headers: Map
     status = response.status
     if status >= 500:
         response.close()
-        raise status_error(status)
+        raise errors.status_error(status)
     # The proxy's own server writes ``date`` and ``server``; the upstream's would be duplicates.
     out_headers = {k: v for k, v in forwardable(response.headers).items() if k.lower() not in ("date", "server")}
     if status == 200 and response.content_type.startswith("text/event-stream"):
@@ -44,9 +45,7 @@ async def forward(upstream: UpstreamClient, path: str, body: bytes, headers: Map
             content = await response.read()
     except TimeoutError:
         response.close()
-        raise UpstreamError(
-            504, "The upstream model server did not answer in time.", SERVER, None, "upstream_timeout"
-        ) from None
+        raise errors.timed_out() from None
     return Response(content, status_code=status, headers=out_headers)
 
 

@@ -20,9 +20,9 @@ import warnings
 
 import torch
 
-from runtime.embedder import PromptEmbedder
-from runtime.prompt import MessageSpan, TemplatedPrompt
-from service.errors import bad_request
+from lethe.runtime.embedder import PromptEmbedder
+from lethe.runtime.prompt import MessageSpan, TemplatedPrompt
+from lethe.service.errors import bad_request
 
 ALLOWED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Uploads saved with the default pickle protocol trigger this warning on every request.

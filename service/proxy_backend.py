@@ -26,15 +26,17 @@ from typing import Any
 
 import torch
 
-from runtime.embedder import PromptEmbedder
-from runtime.generation import SamplingParams
-from runtime.interventions import InterventionPlan, apply_plan
-from runtime.model import LanguageModel, PromptLogprobs
-from runtime.settings import LetheSettings
-from service.backend import BackendRequest, Completion, Delta, ModelCard
-from service.errors import INVALID_REQUEST, PERMISSION, SERVER, APIError, unsupported
-from service.text_corruption import corrupted_text, replacement_vocabulary
-from service.upstream import UpstreamClient, UpstreamError, sse_events, status_error
+from lethe.runtime.embedder import PromptEmbedder
+from lethe.runtime.generation import SamplingParams
+from lethe.runtime.interventions import InterventionPlan, apply_plan
+from lethe.runtime.model import LanguageModel, PromptLogprobs
+from lethe.service import upstream_errors as errors
+from lethe.service.backend import BackendRequest, Completion, Delta, ModelCard
+from lethe.service.errors import PERMISSION, APIError, unsupported
+from lethe.service.settings import GatewaySettings
+from lethe.service.text_corruption import corrupted_text, replacement_vocabulary
+from lethe.service.upstream import UpstreamClient, sse_events
+from lethe.service.upstream_errors import UpstreamError
 
 logger = logging.getLogger("lethe.proxy")
 PROBE_RETRY_S = 2.0
@@ -47,24 +49,12 @@ def encode_prompt_embeds(tensor: torch.Tensor) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _rejected(status: int) -> APIError:
-    """What the client sees when the upstream refuses Lethe's own request for a flagged prompt."""
-    if status >= 500 or status == 429:
-        return status_error(503 if status == 429 else status)
-    if status in (400, 413, 422):
-        return APIError(
-            400, "The upstream model server rejected the request.", INVALID_REQUEST, None, "upstream_rejected"
-        )
-    message = f"The upstream model server refused the gateway (HTTP {status})."
-    return UpstreamError(502, message, SERVER, None, "upstream_error")
-
-
 class ProxyBackend:
     """Generations on an upstream OpenAI-compatible server, prompt embeddings for flagged prompts."""
 
     passthrough = True
 
-    def __init__(self, settings: LetheSettings, embedder: PromptEmbedder, upstream: UpstreamClient | None = None):
+    def __init__(self, settings: GatewaySettings, embedder: PromptEmbedder, upstream: UpstreamClient | None = None):
         if not settings.upstream_model:
             raise ValueError("proxy mode needs the upstream's model name (--upstream-model or LETHE_UPSTREAM_MODEL)")
         self.settings = settings
@@ -197,8 +187,7 @@ class ProxyBackend:
         if self.prompt_embeds is None:
             await self.probe_prompt_embeds()
         if self.prompt_embeds is None:
-            message = "The upstream model server's capabilities are unknown; retry shortly."
-            raise UpstreamError(502, message, SERVER, None, "upstream_error")
+            raise errors.capabilities_unknown()
         return self.prompt_embeds
 
     # Requests ----------------------------------------------------------------------------------
@@ -262,7 +251,7 @@ class ProxyBackend:
         finally:
             self._inflight -= 1
         if status != 200:
-            raise _rejected(status)
+            raise errors.rejected(status)
         try:
             choice = body["choices"][0]
             usage = body.get("usage") or {}
@@ -272,9 +261,7 @@ class ProxyBackend:
                 int(usage.get("completion_tokens") or 0),
             )
         except (KeyError, IndexError, TypeError, ValueError):
-            raise UpstreamError(
-                502, "The upstream model server sent a malformed answer.", SERVER, None, "upstream_error"
-            ) from None
+            raise errors.malformed() from None
 
     async def stream(self, request: BackendRequest) -> AsyncIterator[Delta]:
         """Text deltas relayed from the upstream's completion stream."""
@@ -290,7 +277,7 @@ class ProxyBackend:
             try:
                 if response.status_code != 200:
                     await response.aread()
-                    raise _rejected(response.status_code)
+                    raise errors.rejected(response.status_code)
                 async for delta in _deltas(response):
                     yield delta
             finally:
@@ -317,8 +304,7 @@ async def _deltas(response: Any) -> AsyncIterator[Delta]:
             yield Delta("", True, finish, usage_tokens if usage_tokens is not None else produced)
             return
         if "error" in event:
-            message = "The upstream model server failed while generating."
-            raise UpstreamError(502, message, SERVER, None, "upstream_error")
+            raise errors.failed_while_generating()
         usage = event.get("usage")
         if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
             usage_tokens = int(usage["completion_tokens"])
@@ -329,4 +315,4 @@ async def _deltas(response: Any) -> AsyncIterator[Delta]:
                 yield Delta(text, False, None, produced)
             if choice.get("finish_reason"):
                 finish = str(choice["finish_reason"])
-    raise UpstreamError(502, "The upstream model server cut the stream short.", SERVER, None, "upstream_stream_cut")
+    raise errors.stream_cut()

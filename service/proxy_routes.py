@@ -25,13 +25,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.audit import sha256_text
-from service.errors import APIError, bad_request
-from service.gateway import Gateway
-from service.middleware import replaying
-from service.passthrough import forward
-from service.prompt_embeds import decode_prompt_embeds, nearest_token_ids, prompt_from_ids
-from service.schemas import MAX_PROMPTS_PER_REQUEST
+from lethe.service.audit import sha256_text
+from lethe.service.errors import APIError, bad_request
+from lethe.service.gateway import Gateway
+from lethe.service.middleware import replaying
+from lethe.service.passthrough import forward
+from lethe.service.prompt_embeds import decode_prompt_embeds, nearest_token_ids, prompt_from_ids
+from lethe.service.schemas import MAX_PROMPTS_PER_REQUEST
 
 ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 # Bodies up to this size are classified on the event loop (a short prompt takes about 0.1 ms, less than

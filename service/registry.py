@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from runtime.artifact import utc_now, validate_id
+from lethe.runtime.artifact import utc_now, validate_id
 
 ForgetSetState = Literal["training", "ready", "failed", "cancelled"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
-from service.errors import APIError, bad_request, from_validation_error, unsupported
+from lethe.service.errors import APIError, bad_request, from_validation_error, unsupported
 
 MAX_STOP_SEQUENCES = 4
 MAX_PROMPTS_PER_REQUEST = 32

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
-import logging
 import sys
-from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
-from runtime.artifact import ForgetSetArtifact
-from runtime.model import LanguageModel
-from runtime.settings import LetheSettings
-from service.proxy_serve import add_proxy_arguments, proxy_overrides, serve_proxy
-
-StartupArtifacts = Callable[[LanguageModel], Iterable[ForgetSetArtifact]]
+from lethe.runtime.artifact import ForgetSetArtifact
+from lethe.runtime.model import LanguageModel
+from lethe.service.launch import StartupArtifacts, serve_local, serve_proxy
+from lethe.service.settings import GatewaySettings
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -54,9 +50,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.cli import settings_from_args
-
-    settings = settings_from_args(
+    settings = GatewaySettings.from_args(
         args,
         model=args.model,
         host=args.host,
@@ -77,12 +71,12 @@ def _serve(args: argparse.Namespace) -> int:
         raise ValueError("--demo trains on a local model; in proxy mode import a demo artifact with --forget-set DIR")
     if settings.upstream:
         return serve_proxy(settings, args.forget_set, log_level=args.log_level)
-    return serve(settings, args.forget_set, _demo_hook(settings) if args.demo else None, log_level=args.log_level)
+    return serve_local(settings, args.forget_set, _demo_hook(settings) if args.demo else None, log_level=args.log_level)
 
 
-def _demo_hook(settings: LetheSettings) -> StartupArtifacts:
+def _demo_hook(settings: GatewaySettings) -> StartupArtifacts:
     def demo(model: LanguageModel) -> list[ForgetSetArtifact]:
-        from training.demo import demo_forget_set
+        from lethe.training.demo import demo_forget_set
 
         print(
             "lethe: loading the demo forget set (shipped for SmolLM2; for another model it is built first, "
@@ -95,63 +89,41 @@ def _demo_hook(settings: LetheSettings) -> StartupArtifacts:
     return demo
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only accepts connections from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_binding(settings: LetheSettings) -> list[str]:
-    """Refuse to expose an unauthenticated server; return warnings to print."""
-    warnings = []
-    if not settings.api_key_list:
-        if not is_loopback(settings.host):
-            raise ValueError(
-                f"refusing to listen on {settings.host} without API keys: set LETHE_API_KEYS (or --api-keys), "
-                "or bind a loopback address such as 127.0.0.1"
-            )
-        warnings.append(f"no API keys configured: serving WITHOUT authentication, on loopback ({settings.host}) only")
-        if not settings.admin_key:
-            warnings.append("no admin key configured: the admin API is open to local callers")
-    elif not settings.admin_key:
-        warnings.append("no admin key configured (LETHE_ADMIN_KEY): the admin API and /metrics are disabled")
-    return warnings
-
-
-def serve(
-    settings: LetheSettings,
-    forget_set_folders: Sequence[Path] = (),
-    startup_artifacts: StartupArtifacts | None = None,
-    log_level: str = "info",
-) -> int:
-    """Load the model, open the registry and serve until interrupted.
-
-    ``startup_artifacts`` is called with the loaded model and returns forget sets to register
-    and enable at start (the hook ``lethe serve --demo`` uses); ids already registered are kept.
-    """
-    import uvicorn
-
-    from service.app import create_app
-    from service.gateway import build_gateway, local_backend
-
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for warning in check_binding(settings):
-        print(f"lethe: warning: {warning}", file=sys.stderr, flush=True)
-    model = LanguageModel.load(settings.model, settings, progress=True)
-    # Artifacts given on the command line are checked now, so a bad one is a clear error before serving.
-    imports = [(ForgetSetArtifact.load(f, model.fingerprint, model.hidden_size), "cli") for f in forget_set_folders]
-    if startup_artifacts is not None:
-        imports += [(artifact, "startup") for artifact in startup_artifacts(model)]
-    gateway = build_gateway(settings, local_backend(model, settings), imports)
-    app = create_app(gateway)
-    print(
-        f"lethe: serving {model.name} on http://{settings.host}:{settings.port}/v1 (registry {settings.registry})",
-        file=sys.stderr,
-        flush=True,
+def add_proxy_arguments(serve: argparse.ArgumentParser) -> None:
+    """The proxy-mode flags of ``lethe serve``."""
+    group = serve.add_argument_group("proxy mode (in front of vLLM or another OpenAI-compatible server)")
+    group.add_argument(
+        "--upstream", help="upstream base URL, e.g. http://vllm:8000, enables proxy mode (LETHE_UPSTREAM)"
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=10)
-    return 0
+    group.add_argument("--upstream-model", help="the upstream's model name (LETHE_UPSTREAM_MODEL)")
+    group.add_argument(
+        "--embeddings-from",
+        help="built-in name, HF folder or .gguf whose tokenizer and embedding matrix to load (default: --model)",
+    )
+    group.add_argument(
+        "--upstream-prompt-embeds",
+        choices=["auto", "yes", "no"],
+        help="whether the upstream takes prompt_embeds; auto probes it (LETHE_UPSTREAM_PROMPT_EMBEDS)",
+    )
+    group.add_argument(
+        "--no-embeds-policy",
+        choices=["refuse", "text", "block"],
+        help="flagged requests when the upstream takes no prompt_embeds (LETHE_NO_EMBEDS_POLICY, default refuse)",
+    )
+    group.add_argument("--refusal-message", help="answer of the refuse policy (LETHE_REFUSAL_MESSAGE)")
+    group.add_argument(
+        "--upstream-timeout", type=float, help="seconds to wait for upstream bytes (LETHE_UPSTREAM_TIMEOUT_S)"
+    )
+
+
+def proxy_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings fields from the proxy flags (``None`` where not given)."""
+    return {
+        "upstream": args.upstream,
+        "upstream_model": args.upstream_model,
+        "embeddings_from": args.embeddings_from,
+        "upstream_prompt_embeds": args.upstream_prompt_embeds,
+        "no_embeds_policy": args.no_embeds_policy,
+        "refusal_message": args.refusal_message,
+        "upstream_timeout_s": args.upstream_timeout,
+    }

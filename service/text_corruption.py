@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from runtime.embedder import PromptEmbedder
-from runtime.interventions import InterventionPlan, derive_seed
-from runtime.prompt import TemplatedPrompt
+from lethe.runtime.embedder import PromptEmbedder
+from lethe.runtime.interventions import InterventionPlan, derive_seed
+from lethe.runtime.prompt import TemplatedPrompt
 
 
 def corruption_mask(prompt: TemplatedPrompt, plan: InterventionPlan) -> list[bool]:

@@ -1,29 +1,24 @@
-"""The HTTP client to the upstream model server (proxy mode), and how its failures look to clients.
+"""The HTTP client to the upstream model server (proxy mode).
 
 One pooled ``httpx.AsyncClient`` per gateway. Only connection attempts are retried (the
 transport's ``retries`` covers refused and timed-out connects, where no byte of the request
 has left): a request that reached the upstream is never sent twice.
 
-Failures become OpenAI error bodies:
-- connection refused or reset, a response cut short, a malformed answer: ``502 upstream_unavailable``
-  / ``upstream_error``;
-- no connection, no first byte or no next byte within the timeouts: ``504 upstream_timeout``;
-- upstream 5xx: ``502 upstream_error`` (an upstream 503 stays a 503: clients know to retry it).
+Failures become the OpenAI errors of ``service.upstream_errors``.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
-from runtime.settings import LetheSettings
-from service.errors import OVERLOADED, SERVER, APIError
-
-if TYPE_CHECKING:
-    from service.upstream_pool import UpstreamPool
+from lethe.service import upstream_errors as errors
+from lethe.service.settings import GatewaySettings
+from lethe.service.upstream_errors import UpstreamError
+from lethe.service.upstream_pool import UpstreamPool
 
 # Headers that describe one hop, or that the proxy sets itself, never copied between client and upstream.
 HOP_HEADERS = frozenset(
@@ -45,46 +40,26 @@ HOP_HEADERS = frozenset(
 )
 
 
-class UpstreamError(APIError):
-    """The upstream could not be reached or answered wrongly (a 502 or 504 for the client)."""
-
-
 def upstream_error(exc: BaseException) -> UpstreamError:
     """The client-facing error for an ``httpx`` failure talking to the upstream."""
     if isinstance(exc, httpx.TimeoutException):
-        return UpstreamError(504, "The upstream model server did not answer in time.", SERVER, None, "upstream_timeout")
+        return errors.timed_out()
     if isinstance(exc, httpx.ConnectError):
-        return UpstreamError(502, "The upstream model server is unreachable.", SERVER, None, "upstream_unavailable")
-    return UpstreamError(502, "The connection to the upstream model server failed.", SERVER, None, "upstream_error")
+        return errors.unavailable()
+    return errors.connection_failed()
 
 
 def stream_error(exc: BaseException) -> UpstreamError:
     """The error for a failure after the upstream's answer began: a timeout (504) or a cut stream (502)."""
     if isinstance(exc, httpx.TimeoutException):
-        return upstream_error(exc)
-    return UpstreamError(502, "The upstream model server cut the stream short.", SERVER, None, "upstream_stream_cut")
-
-
-def status_error(status: int) -> APIError:
-    """The client-facing error for an upstream 5xx (503 stays a retryable 503)."""
-    if status == 503:
-        return APIError(
-            503,
-            "The upstream model server is overloaded; retry shortly.",
-            OVERLOADED,
-            None,
-            "upstream_overloaded",
-            {"Retry-After": "1"},
-        )
-    if status == 504:
-        return UpstreamError(504, "The upstream model server timed out.", SERVER, None, "upstream_timeout")
-    return UpstreamError(502, f"The upstream model server failed (HTTP {status}).", SERVER, None, "upstream_error")
+        return errors.timed_out()
+    return errors.stream_cut()
 
 
 class UpstreamClient:
     """A pooled HTTP client for one upstream base URL (``http://host:port``, with or without ``/v1``)."""
 
-    def __init__(self, settings: LetheSettings, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(self, settings: GatewaySettings, transport: httpx.AsyncBaseTransport | None = None):
         if not settings.upstream:
             raise ValueError("proxy mode needs an upstream URL (--upstream or LETHE_UPSTREAM)")
         base = settings.upstream.rstrip("/")
@@ -108,8 +83,6 @@ class UpstreamClient:
         retries = settings.upstream_connect_retries
         self._transport = transport or httpx.AsyncHTTPTransport(retries=retries, limits=limits)
         self._client: httpx.AsyncClient | None = None
-        from service.upstream_pool import UpstreamPool
-
         self.pool: UpstreamPool = UpstreamPool(
             self.base_url,
             settings.upstream_connect_timeout_s,
@@ -186,10 +159,8 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any] |
             try:
                 event = json.loads(data)
             except ValueError:
-                raise UpstreamError(
-                    502, "The upstream model server sent a malformed stream.", SERVER, None, "upstream_error"
-                ) from None
+                raise errors.malformed("stream") from None
             yield event
     except httpx.HTTPError as exc:
         raise stream_error(exc) from None
-    raise UpstreamError(502, "The upstream model server cut the stream short.", SERVER, None, "upstream_stream_cut")
+    raise errors.stream_cut()

@@ -20,27 +20,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from service.errors import SERVER
-from service.upstream import UpstreamError
+from lethe.service import upstream_errors as errors
 
 KEEPALIVE_S = 4.0
 MAX_HEADER_BYTES = 64 * 1024
-
-
-def _unavailable() -> UpstreamError:
-    return UpstreamError(502, "The upstream model server is unreachable.", SERVER, None, "upstream_unavailable")
-
-
-def _timeout() -> UpstreamError:
-    return UpstreamError(504, "The upstream model server did not answer in time.", SERVER, None, "upstream_timeout")
-
-
-def _broken(code: str = "upstream_error") -> UpstreamError:
-    if code == "upstream_stream_cut":
-        message = "The upstream model server cut the stream short."
-    else:
-        message = "The connection to the upstream model server failed."
-    return UpstreamError(502, message, SERVER, None, code)
 
 
 @dataclass
@@ -77,14 +60,14 @@ class RawResponse:
         connection = self._connection
         assert connection is not None, "the body was already read"
         reader, timeout = connection.reader, self._pool.read_timeout
-        cut = "upstream_stream_cut" if stream_errors else "upstream_error"
+        cut = errors.stream_cut if stream_errors else errors.connection_failed
         complete = False
         try:
             if self._chunked:
                 while True:
                     line = await asyncio.wait_for(reader.readline(), timeout)
                     if not line.endswith(b"\n"):
-                        raise _broken(cut)
+                        raise cut()
                     size = int(line.split(b";", 1)[0].strip() or b"x", 16)
                     if size == 0:
                         while (await asyncio.wait_for(reader.readline(), timeout)).strip():
@@ -97,7 +80,7 @@ class RawResponse:
                 while left > 0:
                     data = await asyncio.wait_for(reader.read(min(left, 65536)), timeout)
                     if not data:
-                        raise _broken(cut)
+                        raise cut()
                     left -= len(data)
                     yield data
             else:
@@ -106,9 +89,9 @@ class RawResponse:
                     yield data
             complete = True
         except TimeoutError:
-            raise _timeout() from None
+            raise errors.timed_out() from None
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError, ValueError):
-            raise _broken(cut) from None
+            raise cut() from None
         finally:
             if self._connection is connection:  # not already given up by ``close``
                 self._connection = None
@@ -163,12 +146,12 @@ class UpstreamPool:
                 return _Connection(reader, writer)
             except TimeoutError:
                 if attempt == self.connect_retries:
-                    raise _timeout() from None
+                    raise errors.timed_out() from None
             except OSError:
                 if attempt == self.connect_retries:
-                    raise _unavailable() from None
+                    raise errors.unavailable() from None
             await asyncio.sleep(0.25 * 2**attempt)
-        raise _unavailable()
+        raise errors.unavailable()
 
     def _take(self) -> _Connection | None:
         while self._idle:
@@ -203,9 +186,9 @@ class UpstreamPool:
             if connection is not None:
                 connection.close()
             if isinstance(exc, TimeoutError):
-                raise _timeout() from None
+                raise errors.timed_out() from None
             if isinstance(exc, asyncio.IncompleteReadError | asyncio.LimitOverrunError | OSError | ValueError):
-                raise _broken() from None
+                raise errors.connection_failed() from None
             raise
 
     async def _head(self, connection: _Connection) -> tuple[int, list[tuple[str, str]]]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from runtime.model import LanguageModel
-from runtime.settings import LetheSettings
+from lethe.runtime.model import LanguageModel
+from lethe.runtime.settings import RuntimeSettings
 
 # LETHE_TEST_THREADS lowers the test process's own threads on a machine busy with other work.
 torch.set_num_threads(int(os.environ.get("LETHE_TEST_THREADS", 0)) or max(1, min(2, os.cpu_count() or 1)))
@@ -19,21 +19,21 @@ os.environ.setdefault("LETHE_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
-def settings() -> LetheSettings:
+def settings() -> RuntimeSettings:
     """Settings from the environment (LETHE_HOME caches prepared models between runs)."""
-    return LetheSettings()
+    return RuntimeSettings()
 
 
 @pytest.fixture(scope="session")
-def smollm2(settings: LetheSettings) -> LanguageModel:
+def smollm2(settings: RuntimeSettings) -> LanguageModel:
     """The embedded default model, SmolLM2-135M-Instruct."""
     return LanguageModel.load("smollm2", settings)
 
 
 @pytest.fixture(scope="session")
-def authors_paths(settings: LetheSettings) -> dict[str, Path]:
+def authors_paths(settings: RuntimeSettings) -> dict[str, Path]:
     """The test-sized fictitious-authors world: data folder and the full/retain tiny models."""
-    from benchmarks.tiny_models import prepare_tiny_authors, prepare_world
+    from lethe.benchmarks.tiny_models import prepare_tiny_authors, prepare_world
 
     return {
         "data": prepare_world(settings.worlds_dir, "test"),

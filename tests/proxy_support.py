@@ -17,7 +17,8 @@ import time
 from typing import Any
 
 import uvicorn
-from test_gateway_support import free_port
+
+from lethe.benchmarks.server_harness import free_port
 
 MODES = ("pass", "down", "hang", "cut", "error500")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.authors_world import (
+from lethe.benchmarks.authors_world import (
     ATTRIBUTES,
     PERSON_SPLITS,
     SPLITS,
@@ -19,7 +19,7 @@ from benchmarks.authors_world import (
     read_rows,
     write_world,
 )
-from benchmarks.tiny_models import (
+from lethe.benchmarks.tiny_models import (
     CHAT_TEMPLATE,
     build_key,
     greedy_answers,

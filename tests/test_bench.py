@@ -10,20 +10,20 @@ from typing import Any
 import pytest
 import torch
 
-from benchmarks.baselines import BaselineConfig, unlearn
-from benchmarks.bench import run_bench
-from benchmarks.bench_metrics import keyword_rate
-from benchmarks.report import markdown, verdict
-from benchmarks.scenario_sentiment import FORGET_PATTERN, load_sentences, splits
-from runtime.settings import LetheSettings
-from service.cli import build_parser
-from training.data import ForgetRow
+from lethe.benchmarks.baselines import BaselineConfig, unlearn
+from lethe.benchmarks.bench import run_bench
+from lethe.benchmarks.bench_metrics import keyword_rate
+from lethe.benchmarks.report import markdown, verdict
+from lethe.benchmarks.scenario_sentiment import FORGET_PATTERN, load_sentences, splits
+from lethe.cli import build_parser
+from lethe.runtime.settings import RuntimeSettings
+from lethe.training.data import ForgetRow
 
 METHODS = ["base", "retain_reference", "lethe_eco", "guardrail", "prompting", "ga"]
 
 
 @pytest.fixture(scope="module")
-def quick_results(tmp_path_factory: pytest.TempPathFactory, settings: LetheSettings) -> tuple[dict[str, Any], Path]:
+def quick_results(tmp_path_factory: pytest.TempPathFactory, settings: RuntimeSettings) -> tuple[dict[str, Any], Path]:
     """One small quick run shared by the tests below."""
     out = tmp_path_factory.mktemp("bench")
     settings = settings.model_copy(update={"threads": 1})
@@ -89,7 +89,7 @@ def test_report_states_comparison(quick_results: tuple[dict[str, Any], Path]) ->
 
 
 def test_baseline_leaves_base_untouched(tiny_full: Any, authors_paths: dict[str, Path]) -> None:
-    from benchmarks.scenarios_authors import load_split
+    from lethe.benchmarks.scenarios_authors import load_split
 
     forget = load_split(authors_paths["data"], "forget")[:4]
     before = [p.detach().clone() for p in tiny_full.model.parameters()]

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import classifier
-from benchmarks.authors_world import WorldConfig, build_world
-from classifier import (
+import lethe.classifier as classifier_package
+from lethe.benchmarks.authors_world import WorldConfig, build_world
+from lethe.classifier import (
     ClassifierConfig,
     ClassifierLoadError,
     ClassifierTrainingError,
@@ -21,13 +21,14 @@ from classifier import (
     classify_messages,
     classify_text,
     message_text,
+    train_scope_classifier,
 )
-from classifier.augment import variants
-from classifier.calibration import combine, fpr_threshold, recall_threshold
-from classifier.linear import fit_linear
-from classifier.model import JSON_NAME, TENSORS_NAME
-from classifier.pool import load_pool
-from classifier.text import Doc, Ranges
+from lethe.classifier.augment import variants
+from lethe.classifier.calibration import combine, fpr_threshold, recall_threshold
+from lethe.classifier.linear import fit_linear
+from lethe.classifier.model import JSON_NAME, TENSORS_NAME
+from lethe.classifier.pool import load_pool
+from lethe.classifier.text import Doc, Ranges
 
 
 def _prompts(rows: list[dict]) -> list[str]:
@@ -51,7 +52,7 @@ def world():
 @pytest.fixture(scope="module")
 def trained(world) -> ScopeClassifier:
     """A classifier trained on the forget questions against the retain questions."""
-    return ScopeClassifier.train(_prompts(world.rows("forget")), _prompts(world.rows("retain")))
+    return train_scope_classifier(_prompts(world.rows("forget")), _prompts(world.rows("retain")))
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +193,7 @@ def test_shipped_pool_is_small_and_split_deterministically() -> None:
     parts = [set(pool.train), set(pool.validation), set(pool.test)]
     assert all(parts) and not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
     assert len(pool.test) > 500
-    data = Path(classifier.__file__).parent / "data"
+    data = Path(classifier_package.__file__).parent / "data"
     assert sum(f.stat().st_size for f in data.iterdir()) < 1_000_000
     assert not any("pang_lee" in f.name for f in data.iterdir())
 
@@ -229,8 +230,8 @@ def test_several_forget_sets_at_once(world) -> None:
     half = len(people) // 2
     group_a, group_b = set(people[:half]), set(people[half:])
     retain = _prompts(world.rows("retain"))
-    a = ScopeClassifier.train([r["prompt"] for r in rows if r["person"] in group_a], retain)
-    b = ScopeClassifier.train([r["prompt"] for r in rows if r["person"] in group_b], retain)
+    a = train_scope_classifier([r["prompt"] for r in rows if r["person"] in group_a], retain)
+    b = train_scope_classifier([r["prompt"] for r in rows if r["person"] in group_b], retain)
     classifiers = {"a": a, "b": b}
     person_a, person_b = people[0], people[-1]
     only_a = classify_text(classifiers, f"What is {person_a} known for?")
@@ -308,7 +309,7 @@ def test_load_rejects_malformed_folders(trained, tmp_path: Path) -> None:
 )
 def test_training_errors(forget, retain, match) -> None:
     with pytest.raises(ClassifierTrainingError, match=match):
-        ScopeClassifier.train(forget, retain)
+        train_scope_classifier(forget, retain)
 
 
 def test_config_and_featurizer_errors() -> None:
@@ -318,9 +319,9 @@ def test_config_and_featurizer_errors() -> None:
         ClassifierConfig(token_mode="some")  # type: ignore[arg-type]
     forget = [f"What did Odalys Fenwick write in {1990 + i}?" for i in range(20)]
     with pytest.raises(ClassifierTrainingError, match="one row per text"):
-        ScopeClassifier.train(forget, featurizer=lambda texts: np.zeros((len(texts) + 1, 3)))
+        train_scope_classifier(forget, featurizer=lambda texts: np.zeros((len(texts) + 1, 3)))
     with pytest.raises(ClassifierTrainingError, match="featurizer failed"):
-        ScopeClassifier.train(forget, featurizer=lambda texts: 1 / 0)
+        train_scope_classifier(forget, featurizer=lambda texts: 1 / 0)
 
 
 def _secret_world() -> tuple[list[str], list[str], set[str]]:
@@ -343,7 +344,7 @@ def test_featurizer_chosen_on_validation_and_round_trip(tmp_path: Path) -> None:
                           zlib.crc32(t.encode()) % 7 / 7] for t in texts])
 
     # this oracle feature is not typo-tolerant, so calibrate on the prompts alone (no surface variants)
-    model = ScopeClassifier.train(forget, retain, ClassifierConfig(variants_per_prompt=0), featurizer=featurizer)
+    model = train_scope_classifier(forget, retain, ClassifierConfig(variants_per_prompt=0), featurizer=featurizer)
     cal = model.calibration()
     assert cal["feature_set"] == "ngram+featurizer" and model.uses_featurizer
     assert cal["selection"]["ngram+featurizer"]["recall_at_1pct_fpr"] > cal["selection"]["ngram"]["recall_at_1pct_fpr"]
@@ -364,7 +365,7 @@ def test_plain_ngram_featurizer_does_not_win_a_tie(world) -> None:
         return out
 
     progress: list[float] = []
-    model = ScopeClassifier.train(_prompts(world.rows("forget")), _prompts(world.rows("retain")),
+    model = train_scope_classifier(_prompts(world.rows("forget")), _prompts(world.rows("retain")),
                                   featurizer=hashing, progress=progress.append)
     assert progress == sorted(progress) and progress[-1] == 1.0
     cal = model.calibration()
@@ -376,7 +377,7 @@ def test_plain_ngram_featurizer_does_not_win_a_tie(world) -> None:
 
 def test_bench_world(world) -> None:
     bench = build_world(WorldConfig.bench())
-    model = ScopeClassifier.train(_prompts(bench.rows("forget")), _prompts(bench.rows("retain")))
+    model = train_scope_classifier(_prompts(bench.rows("forget")), _prompts(bench.rows("retain")))
     assert _rate(model, _paraphrases(bench.rows("forget"))) >= 0.98
     negatives = _paraphrases(bench.rows("retain")) + _prompts(bench.rows("heldout")) + _prompts(bench.rows("general"))
     assert _rate(model, negatives) <= 0.01

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runtime.model import LanguageModel
-from runtime.settings import LetheSettings
-from runtime.unlearning import ForgetSetRouter
-from training.demo import DEMO_ID, DEMO_METHOD, DEMO_OPTIONS, SHIPPED_DEMO, demo_folder, demo_forget_set
-from training.trainer import TrainConfig
+from lethe.runtime.model import LanguageModel
+from lethe.runtime.settings import RuntimeSettings
+from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.training.demo import DEMO_ID, DEMO_METHOD, DEMO_OPTIONS, SHIPPED_DEMO, demo_folder, demo_forget_set
+from lethe.training.trainer import TrainConfig
 
 
 def test_the_shipped_demo_was_built_with_the_current_demo_settings() -> None:
@@ -20,7 +20,7 @@ def test_the_shipped_demo_was_built_with_the_current_demo_settings() -> None:
 
 
 def test_the_default_model_loads_the_shipped_demo_without_building(smollm2: LanguageModel, tmp_path: Path) -> None:
-    settings = LetheSettings(home=tmp_path)
+    settings = RuntimeSettings(home=tmp_path)
     artifact = demo_forget_set(settings, smollm2, progress=False)
     assert artifact.id == DEMO_ID
     assert not demo_folder(settings, smollm2).exists()  # nothing was built or cached

@@ -18,17 +18,11 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from test_gateway_support import (
-    ADMIN_KEY,
-    API_KEY,
-    OTHER_API_KEY,
-    REPO,
-    GatewayServer,
-    assert_openai_error,
-)
+from support import REPO, assert_openai_error
 
-from runtime.generation import SamplingParams
-from runtime.model import LanguageModel
+from lethe.benchmarks.server_harness import ADMIN_KEY, API_KEY, OTHER_API_KEY, GatewayServer
+from lethe.runtime.generation import SamplingParams
+from lethe.runtime.model import LanguageModel
 
 MODEL = "tiny-authors"
 MAX_PROMPT_TOKENS = 96
@@ -60,7 +54,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, authors_paths: dict[str, Pa
 @pytest.fixture(scope="module")
 def questions() -> list[str]:
     """Questions the tiny model learned."""
-    from benchmarks.authors_world import WorldConfig, build_world
+    from lethe.benchmarks.authors_world import WorldConfig, build_world
 
     world = build_world(WorldConfig.test())
     return [r["prompt"] for r in world.rows("retain")[:3]] + [r["prompt"] for r in world.rows("forget")[:2]]
@@ -258,7 +252,7 @@ def test_completions_stream_with_echo(server: GatewayServer, tiny_full: Language
 def test_echo_logprobs_equal_the_runtime_scoring(
     server: GatewayServer, tiny_full: LanguageModel, questions: list[str]
 ) -> None:
-    from benchmarks.authors_world import WorldConfig, build_world
+    from lethe.benchmarks.authors_world import WorldConfig, build_world
 
     row = build_world(WorldConfig.test()).rows("retain")[0]
     text = row["prompt"] + " " + row["completion"]
@@ -412,15 +406,14 @@ def test_keys_guard_each_route_group(server: GatewayServer) -> None:
 
 
 def test_no_keys_refuses_a_public_address_and_warns_on_loopback(tmp_path: Path) -> None:
-    from runtime.settings import LetheSettings
-    from service.serve_cli import check_binding
+    from lethe.service.settings import GatewaySettings, check_binding
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_") or k == "LETHE_HOME"}
     out = subprocess.run(
         [
             sys.executable,
             "-m",
-            "service.cli",
+            "lethe.cli",
             "serve",
             "--model",
             MODEL,
@@ -438,9 +431,9 @@ def test_no_keys_refuses_a_public_address_and_warns_on_loopback(tmp_path: Path) 
     assert out.returncode == 2
     assert "without API keys" in out.stderr
     assert not (tmp_path / "r").exists()
-    warnings = check_binding(LetheSettings(host="127.0.0.1", api_keys="", admin_key=""))
+    warnings = check_binding(GatewaySettings(host="127.0.0.1", api_keys="", admin_key=""))
     assert any("WITHOUT authentication" in w for w in warnings)
-    assert check_binding(LetheSettings(host="0.0.0.0", api_keys="k", admin_key="a")) == []
+    assert check_binding(GatewaySettings(host="0.0.0.0", api_keys="k", admin_key="a")) == []
 
 
 # Bad input ----------------------------------------------------------------------------------
@@ -644,7 +637,7 @@ def test_audit_log_records_hashes_not_text(server: GatewayServer, tiny_full: Lan
 
 
 def test_smollm2_serves_the_openai_client_with_the_demo_forget_set(tmp_path: Path, smollm2: LanguageModel) -> None:
-    from training.demo import DEMO_ID
+    from lethe.training.demo import DEMO_ID
 
     server = GatewayServer(tmp_path / "registry", model="smollm2", args=["--demo"]).start()
 

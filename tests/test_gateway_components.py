@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.generation import SamplingParams, StepEvent
-from runtime.model import LanguageModel
-from service.batcher import MicroBatcher, Overloaded
-from service.registry import INTERRUPTED, Registry
+from lethe.runtime.generation import SamplingParams, StepEvent
+from lethe.runtime.model import LanguageModel
+from lethe.service.batcher import MicroBatcher, Overloaded
+from lethe.service.registry import INTERRUPTED, Registry
 
 
 def test_registry_records_survive_reopening_and_interrupted_jobs_become_failed(tmp_path: Path) -> None:
@@ -87,7 +87,7 @@ def _collect(batcher: MicroBatcher, embeds, params, results: dict, key: int, don
 def test_the_batcher_batches_waiting_requests_and_each_row_equals_its_own_generation(
     tiny_full: LanguageModel,
 ) -> None:
-    from benchmarks.authors_world import WorldConfig, build_world
+    from lethe.benchmarks.authors_world import WorldConfig, build_world
 
     questions = [r["prompt"] for r in build_world(WorldConfig.test()).rows("retain")[:5]]
     prompts = [tiny_full.chat_prompt([{"role": "user", "content": q}]) for q in questions]

@@ -17,12 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
-from test_gateway_support import GatewayServer, assert_openai_error, wait_for_job
+from support import assert_openai_error
 
-from runtime.generation import SamplingParams
-from runtime.model import LanguageModel
-from runtime.unlearning import ForgetSetRouter
-from training.presets import SMOKE_OPTIONS
+from lethe.benchmarks.server_harness import GatewayServer, wait_for_job
+from lethe.runtime.generation import SamplingParams
+from lethe.runtime.model import LanguageModel
+from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.training.presets import SMOKE_OPTIONS
 
 MODEL = "tiny-authors"
 # A small training budget: the end-to-end path matters here, not the quality of the forgetting.
@@ -34,7 +35,7 @@ GREEDY = SamplingParams(max_new_tokens=24)
 @pytest.fixture(scope="module")
 def world_rows() -> dict[str, list[dict]]:
     """Forget and retain rows of the test world."""
-    from benchmarks.authors_world import WorldConfig, build_world
+    from lethe.benchmarks.authors_world import WorldConfig, build_world
 
     world = build_world(WorldConfig.test())
     return {"forget": world.rows("forget"), "retain": world.rows("retain")}

@@ -25,9 +25,10 @@ import httpx
 import pytest
 import torch
 from proxy_support import FaultRelay, ThreadServer
-from test_gateway_support import ADMIN_KEY, API_KEY, GatewayServer, assert_openai_error
+from support import assert_openai_error
 
-from runtime.artifact import (
+from lethe.benchmarks.server_harness import ADMIN_KEY, API_KEY, GatewayServer
+from lethe.runtime.artifact import (
     BaseModelInfo,
     EcoParameters,
     ForgetSetArtifact,
@@ -36,15 +37,15 @@ from runtime.artifact import (
     SpulParameters,
     utc_now,
 )
-from runtime.generation import SamplingParams
-from runtime.model import LanguageModel
-from runtime.settings import LetheSettings
-from runtime.unlearning import ForgetSetRouter
-from service.app import create_app
-from service.artifact_archive import pack_artifact
-from service.gateway import build_gateway, local_backend
-from service.proxy_backend import ProxyBackend, encode_prompt_embeds
-from service.text_corruption import corrupt_token_ids, corruption_mask, replacement_vocabulary
+from lethe.runtime.generation import SamplingParams
+from lethe.runtime.model import LanguageModel
+from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.service.app import create_app
+from lethe.service.artifact_archive import pack_artifact
+from lethe.service.gateway import build_gateway, local_backend
+from lethe.service.proxy_backend import ProxyBackend, encode_prompt_embeds
+from lethe.service.settings import GatewaySettings
+from lethe.service.text_corruption import corrupt_token_ids, corruption_mask, replacement_vocabulary
 
 MODEL = "tiny-authors"
 TIMEOUT_S = 3.0
@@ -59,7 +60,7 @@ GREEDY = SamplingParams(max_new_tokens=20)
 @pytest.fixture(scope="module")
 def world_rows() -> dict[str, list[dict]]:
     """Forget and retain rows of the test world."""
-    from benchmarks.authors_world import WorldConfig, build_world
+    from lethe.benchmarks.authors_world import WorldConfig, build_world
 
     world = build_world(WorldConfig.test())
     return {"forget": world.rows("forget"), "retain": world.rows("retain")}
@@ -131,10 +132,10 @@ def launched(tmp_path_factory: pytest.TempPathFactory, authors_paths: dict[str, 
 @pytest.fixture(scope="module")
 def stack(launched: dict[str, Any], tiny_full: LanguageModel, world_rows: dict[str, list[dict]]) -> dict[str, Any]:
     """Both processes ready, with a forget set (built while they started) imported into the proxy."""
-    from classifier import ClassifierConfig, ScopeClassifier
+    from lethe.classifier import ClassifierConfig, train_scope_classifier
 
     fast = ClassifierConfig(seed=0, variants_per_prompt=1, frames_per_entity=2, near_misses_per_prompt=1)
-    classifier = ScopeClassifier.train(
+    classifier = train_scope_classifier(
         [r["prompt"] for r in world_rows["forget"]], [r["prompt"] for r in world_rows["retain"]], fast
     )
     artifact = _artifact(tiny_full, classifier, "fs-proxy-first")
@@ -481,14 +482,14 @@ def test_import_in_proxy_and_local_mode_serves_like_local_mode(
 @pytest.fixture(scope="module")
 def plain_upstream(stack: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> ThreadServer:
     """A local-mode gateway that refuses prompt_embeds, in a thread over the test's model."""
-    settings = LetheSettings(registry=tmp_path_factory.mktemp("plain") / "registry", allow_prompt_embeds=False)
+    settings = GatewaySettings(registry=tmp_path_factory.mktemp("plain") / "registry", allow_prompt_embeds=False)
     server = ThreadServer(create_app(build_gateway(settings, local_backend(stack["tiny"], settings)))).start()
     yield server
     server.stop()
 
 
 def _policy_proxy(stack: dict[str, Any], upstream: ThreadServer, policy: str, folder: Path) -> ThreadServer:
-    settings = LetheSettings(
+    settings = GatewaySettings(
         registry=folder,
         upstream=upstream.url,
         upstream_model=stack["tiny"].name,  # the in-thread upstream serves the model under its path

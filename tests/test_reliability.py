@@ -24,12 +24,13 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from test_gateway_support import ADMIN_KEY, API_KEY, GatewayServer, assert_openai_error, wait_for_job
+from support import assert_openai_error
 
-from benchmarks.evasion import evaluate_attacks
-from benchmarks.fuzz import fuzz_gateway
-from benchmarks.loadtest import run_load
-from training.presets import SMOKE_OPTIONS
+from lethe.benchmarks.evasion import evaluate_attacks
+from lethe.benchmarks.fuzz import fuzz_gateway
+from lethe.benchmarks.loadtest import run_load
+from lethe.benchmarks.server_harness import ADMIN_KEY, API_KEY, GatewayServer, wait_for_job
+from lethe.training.presets import SMOKE_OPTIONS
 
 MODEL = "tiny-authors"
 FAST_OPTIONS = SMOKE_OPTIONS
@@ -39,7 +40,7 @@ CANARY = "QX-canary-7731-zebra"
 @pytest.fixture(scope="module")
 def world_rows() -> dict[str, list[dict]]:
     """Forget, retain and held-out rows of the test world."""
-    from benchmarks.authors_world import WorldConfig, build_world
+    from lethe.benchmarks.authors_world import WorldConfig, build_world
 
     world = build_world(WorldConfig.test())
     return {split: world.rows(split) for split in ("forget", "retain", "heldout")}
@@ -329,7 +330,7 @@ def test_an_unwritable_or_full_artifact_directory_fails_the_job_cleanly(
 
 
 def test_normalization_undoes_spelling_tricks_and_keeps_spans_on_the_raw_text() -> None:
-    from classifier.text import normalized_words, word_spans
+    from lethe.classifier.text import normalized_words, word_spans
 
     for text in ("Where was $e$$@ Zow!ck born?", "Where was S e s s a  Z o w i c k born?",
                  "Where was S.e.s.s.a Z-o-w-i-c-k born?", "Where was Se\u200bssa Zo\u200bwick born?",

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from runtime.generation import SamplingParams
-from runtime.interventions import Corruption, corruption_plan, soft_prompt_plan
-from runtime.model import LanguageModel
+from lethe.runtime.generation import SamplingParams
+from lethe.runtime.interventions import Corruption, corruption_plan, soft_prompt_plan
+from lethe.runtime.model import LanguageModel
 
 MODELS = ["smollm2", "tiny_full"]
 
@@ -23,7 +23,7 @@ def model(request: pytest.FixtureRequest) -> LanguageModel:
 def _questions(model: LanguageModel) -> list[str]:
     if model.name == "smollm2":
         return ["What is the capital of France?", "Who wrote Hamlet?", "Name three primary colours."]
-    from benchmarks.authors_world import WorldConfig, build_world
+    from lethe.benchmarks.authors_world import WorldConfig, build_world
 
     rows = build_world(WorldConfig.test()).rows("retain")
     return [r["prompt"] for r in rows[:3]]
@@ -148,7 +148,7 @@ def test_scoring_matches_prompt_logprobs_and_batches_consistently(model: Languag
 
 
 def test_scoring_with_a_corruption_lowers_the_known_answer(tiny_full: LanguageModel) -> None:
-    from benchmarks.authors_world import WorldConfig, build_world
+    from lethe.benchmarks.authors_world import WorldConfig, build_world
 
     row = build_world(WorldConfig.test()).rows("forget")[0]
     prompt = tiny_full.chat_prompt([{"role": "user", "content": row["prompt"]}])
@@ -160,7 +160,7 @@ def test_scoring_with_a_corruption_lowers_the_known_answer(tiny_full: LanguageMo
 
 def test_cli_generate_answers_paris() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "generate", "--model", "smollm2", "What is the capital of France?"],
+        [sys.executable, "-m", "lethe.cli", "generate", "--model", "smollm2", "What is the capital of France?"],
         capture_output=True, text=True, timeout=600, check=True,
     )
     assert "Paris" in out.stdout
@@ -168,7 +168,7 @@ def test_cli_generate_answers_paris() -> None:
 
 def test_cli_prepare_prints_a_model_folder() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "models", "prepare", "smollm2"],
+        [sys.executable, "-m", "lethe.cli", "models", "prepare", "smollm2"],
         capture_output=True, text=True, timeout=600, check=True,
     )
     folder = out.stdout.strip().splitlines()[-1]
@@ -177,7 +177,7 @@ def test_cli_prepare_prints_a_model_folder() -> None:
 
 def test_unknown_model_is_a_clear_error() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "generate", "--model", "/nonexistent/model", "hi"],
+        [sys.executable, "-m", "lethe.cli", "generate", "--model", "/nonexistent/model", "hi"],
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 2
@@ -185,7 +185,7 @@ def test_unknown_model_is_a_clear_error() -> None:
 
 
 def test_embedding_only_loader_matches_the_full_model(smollm2: LanguageModel, settings) -> None:
-    from runtime.loading import load_embedder
+    from lethe.runtime.loading import load_embedder
 
     embedder = load_embedder("smollm2", settings)
     assert embedder.fingerprint == smollm2.fingerprint

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.authors_world import read_rows
-from classifier import ScopeClassifier
-from runtime.artifact import ForgetSetArtifact
-from runtime.model import LanguageModel
-from runtime.unlearning import ForgetSetRouter
-from training.data import ForgetRow, TrainingDataError, TrainingError
-from training.metrics import EvalTarget, ks_test, score_rows, through_router, truth_ratios
-from training.trainer import TrainConfig, TrainingCancelled, train_forget_set
+from lethe.benchmarks.authors_world import read_rows
+from lethe.classifier import ScopeClassifier, train_scope_classifier
+from lethe.runtime.artifact import ForgetSetArtifact
+from lethe.runtime.model import LanguageModel
+from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.training.data import ForgetRow, TrainingDataError, TrainingError
+from lethe.training.metrics import EvalTarget, ks_test, score_rows, through_router, truth_ratios
+from lethe.training.trainer import TrainConfig, TrainingCancelled, train_forget_set
 
 QUICK_ECO = {"eco.rounds": 2, "eco.steps_per_round": 2, "eco.grid": 4, "eco.search_rows": 16}
 QUICK_SPUL = {"spul.steps": 24, "spul.num_virtual_tokens": 8, "spul.check_every": 12}
@@ -36,7 +36,7 @@ def rows(authors_paths: dict[str, Path]) -> dict[str, list[ForgetRow]]:
 @pytest.fixture(scope="module")
 def scope(rows: dict[str, list[ForgetRow]]) -> ScopeClassifier:
     """The scope classifier of the forget people, trained once and reused by the intervention tests."""
-    return ScopeClassifier.train(
+    return train_scope_classifier(
         [r.prompt for r in rows["forget"]], [r.prompt for r in rows["retain"]], TrainConfig().classifier_config()
     )
 
@@ -91,7 +91,7 @@ def test_artifact_round_trip_serves_the_same_scores(
 def test_probe_command_leaves_unflagged_answers_untouched(
     eco_artifact: ForgetSetArtifact, authors_paths: dict[str, Path], tmp_path: Path
 ) -> None:
-    from service.cli import main
+    from lethe.cli import main
 
     eco_artifact.save(tmp_path / "fs")
     out = tmp_path / "probe"
@@ -243,7 +243,7 @@ def test_cli_writes_an_artifact_and_bad_input_leaves_none(
     forget = _write_jsonl(tmp_path / "forget.jsonl", [r.model_dump() for r in rows["forget"][:16]])
     retain = _write_jsonl(tmp_path / "retain.jsonl", [r.model_dump() for r in rows["retain"][:16]])
     out = tmp_path / "artifact"
-    base = [sys.executable, "-m", "service.cli", "train", "--model", str(authors_paths["full"])]
+    base = [sys.executable, "-m", "lethe.cli", "train", "--model", str(authors_paths["full"])]
     quick = ["--option", "eco.rounds=1", "--option", "eco.grid=3", "--option", "evaluate=false"]
     done = subprocess.run(
         [*base, "--forget", str(forget), "--retain", str(retain), "--out", str(out), *quick],

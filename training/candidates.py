@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from runtime.artifact import ForgetSetArtifact, ForgetSetManifest, ForgetSetParameters
-from runtime.forget_set import plan_for_flag
-from runtime.interventions import InterventionPlan
-from runtime.prompt import CharSpan, TemplatedPrompt
+from lethe.runtime.artifact import ForgetSetArtifact, ForgetSetManifest, ForgetSetParameters
+from lethe.runtime.forget_set import plan_for_flag
+from lethe.runtime.interventions import InterventionPlan
+from lethe.runtime.prompt import CharSpan, TemplatedPrompt
 
 if TYPE_CHECKING:
-    from classifier import ScopeClassifier
+    from lethe.classifier import ScopeClassifier
 
 
 @dataclass

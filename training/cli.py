@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from training.data import TrainingDataError, load_rows
+from lethe.runtime.settings import RuntimeSettings
+from lethe.training.data import TrainingDataError, load_rows
 
 TICKS = 1000
 
@@ -67,9 +68,8 @@ def parse_options(pairs: list[str], blob: str | None) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from runtime.model import LanguageModel
-    from service.cli import settings_from_args
-    from training.trainer import TrainConfig, train_forget_set, train_topic
+    from lethe.runtime.model import LanguageModel
+    from lethe.training.trainer import TrainConfig, train_forget_set, train_topic
 
     if args.demo:
         given = args.forget_set_id or args.option or args.options or args.seed is not None
@@ -88,10 +88,10 @@ def _train(args: argparse.Namespace) -> int:
     retain = load_rows(args.retain, required=False) if args.retain is not None else None
     if args.out.exists() and not args.overwrite:
         raise TrainingDataError(f"{args.out} already exists (use --overwrite to replace it)")
-    settings = settings_from_args(args, model=args.model)
+    settings = RuntimeSettings.from_args(args, model=args.model)
     model = LanguageModel.load(settings.model, settings, progress=True)
     if args.demo:
-        from training.demo import build_demo_forget_set
+        from lethe.training.demo import build_demo_forget_set
 
         artifact = build_demo_forget_set(model, _progress_bar())
     elif forget is None:

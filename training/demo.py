@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runtime.artifact import ArtifactError, ForgetSetArtifact
-from runtime.model import LanguageModel
-from runtime.settings import LetheSettings
+from lethe.runtime.artifact import ArtifactError, ForgetSetArtifact
+from lethe.runtime.model import LanguageModel
+from lethe.runtime.settings import RuntimeSettings
 
 logger = logging.getLogger("lethe.demo")
 
@@ -56,7 +56,7 @@ DEMO_OPTIONS: dict[str, Any] = {
 SHIPPED_DEMO = Path(__file__).resolve().parent / "demo_artifact"
 
 
-def demo_folder(settings: LetheSettings, model: LanguageModel) -> Path:
+def demo_folder(settings: RuntimeSettings, model: LanguageModel) -> Path:
     """Where the demo artifact for this base model is cached."""
     return settings.home / "demo" / f"{DEMO_ID}-v{DEMO_VERSION}-{model.fingerprint.split(':')[-1][:12]}"
 
@@ -65,7 +65,7 @@ def build_demo_forget_set(
     model: LanguageModel, progress: Callable[[float, str], None] | None = None
 ) -> ForgetSetArtifact:
     """Train the Harry Potter demo forget set from its topic (no cache)."""
-    from training.trainer import TrainConfig, train_topic
+    from lethe.training.trainer import TrainConfig, train_topic
 
     config = TrainConfig.from_options(DEMO_METHOD, DEMO_OPTIONS)
     return train_topic(
@@ -82,13 +82,13 @@ def shipped_demo(model: LanguageModel) -> ForgetSetArtifact | None:
         return None
 
 
-def demo_forget_set(settings: LetheSettings, model: LanguageModel, progress: bool = True) -> ForgetSetArtifact:
+def demo_forget_set(settings: RuntimeSettings, model: LanguageModel, progress: bool = True) -> ForgetSetArtifact:
     """The demo forget set for ``model``: the shipped one if it fits, else the cached build, else a new build."""
     return load_or_build_demo(settings, model, progress)[0]
 
 
 def load_or_build_demo(
-    settings: LetheSettings, model: LanguageModel, progress: bool = True
+    settings: RuntimeSettings, model: LanguageModel, progress: bool = True
 ) -> tuple[ForgetSetArtifact, str]:
     """``demo_forget_set`` and where it came from: ``"shipped"``, ``"cached"`` or ``"built"``."""
     shipped = shipped_demo(model)

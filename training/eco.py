@@ -44,12 +44,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from runtime.artifact import EcoParameters, ForgetSetParameters, TokenMode
-from runtime.forget_set import cluster_strength, intervention_mask, mean_masked_embedding
-from runtime.interventions import CORRUPTION_FUNCTIONS, CorruptionFunction
-from runtime.model import LanguageModel
-from training.candidates import CandidateFactory
-from training.samples import ForgetSample, score_samples
+from lethe.runtime.artifact import EcoParameters, ForgetSetParameters, TokenMode
+from lethe.runtime.forget_set import cluster_strength, intervention_mask, mean_masked_embedding
+from lethe.runtime.interventions import CORRUPTION_FUNCTIONS, CorruptionFunction
+from lethe.runtime.model import LanguageModel
+from lethe.training.candidates import CandidateFactory
+from lethe.training.samples import ForgetSample, score_samples
 
 Report = Callable[[float, str | None], None]
 _BOUNDED = ("zero_out_top_k", "flip_sign_top_k")

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from scipy import stats
 
-from runtime.generation import SamplingParams
-from runtime.interventions import InterventionPlan
-from runtime.model import LanguageModel
-from runtime.prompt import TemplatedPrompt
-from runtime.unlearning import ForgetSetRouter
-from training.data import ForgetRow
+from lethe.runtime.generation import SamplingParams
+from lethe.runtime.interventions import InterventionPlan
+from lethe.runtime.model import LanguageModel
+from lethe.runtime.prompt import TemplatedPrompt
+from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.training.data import ForgetRow
 
 Messages = list[dict[str, str]]
 PlanFn = Callable[[TemplatedPrompt, Messages], InterventionPlan | None]

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.generation import SamplingParams
-from runtime.interventions import InterventionPlan
-from runtime.model import LanguageModel
-from runtime.prompt import TemplatedPrompt
-from runtime.text_embedding import TextEmbedder
+from lethe.runtime.generation import SamplingParams
+from lethe.runtime.interventions import InterventionPlan
+from lethe.runtime.model import LanguageModel
+from lethe.runtime.prompt import TemplatedPrompt
+from lethe.runtime.text_embedding import TextEmbedder
 
 TOPIC_TEMPLATES: tuple[str, ...] = (
     "Tell me everything you know about {topic}.",
@@ -211,7 +211,7 @@ class Revealer:
         start_passes = self.model.forward_passes
         while len(pairs) < config.budget:
             if cancel is not None and cancel.is_set():
-                from training.progress import TrainingCancelled
+                from lethe.training.progress import TrainingCancelled
 
                 raise TrainingCancelled("reveal cancelled")
             size = min(config.batch_size, config.budget - len(pairs))

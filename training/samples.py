@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from runtime.artifact import ForgetSetArtifact, TokenMode
-from runtime.model import LanguageModel
-from runtime.prompt import CharSpan, TemplatedPrompt
-from training.candidates import plans_for
-from training.data import ForgetRow, TrainingDataError
-from training.metrics import render_question
-from training.scope import flagged_spans, with_token_mode
+from lethe.runtime.artifact import ForgetSetArtifact, TokenMode
+from lethe.runtime.model import LanguageModel
+from lethe.runtime.prompt import CharSpan, TemplatedPrompt
+from lethe.training.candidates import plans_for
+from lethe.training.data import ForgetRow, TrainingDataError
+from lethe.training.metrics import render_question
+from lethe.training.scope import flagged_spans, with_token_mode
 
 if TYPE_CHECKING:
-    from classifier import ScopeClassifier
+    from lethe.classifier import ScopeClassifier
 
 
 @dataclass

@@ -9,18 +9,18 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from runtime.artifact import TokenMode
-from runtime.prompt import CharSpan
+from lethe.runtime.artifact import TokenMode
+from lethe.runtime.prompt import CharSpan
 
 if TYPE_CHECKING:
-    from classifier import ScopeClassifier
+    from lethe.classifier import ScopeClassifier
 
 _VIEW_ID = "training-view"
 
 
 def with_token_mode(classifier: ScopeClassifier, token_mode: TokenMode) -> ScopeClassifier:
     """The same classifier (weights, threshold, calibration) selecting tokens in ``token_mode``."""
-    from classifier import ScopeClassifier
+    from lethe.classifier import ScopeClassifier
 
     if classifier.config.token_mode == token_mode:
         return classifier
@@ -31,7 +31,7 @@ def with_token_mode(classifier: ScopeClassifier, token_mode: TokenMode) -> Scope
 
 
 def _flag_everything(classifier: ScopeClassifier) -> ScopeClassifier:
-    from classifier import ScopeClassifier
+    from lethe.classifier import ScopeClassifier
 
     calibration = {**classifier.calibration(), "threshold": float("-inf")}
     return ScopeClassifier(
@@ -41,7 +41,7 @@ def _flag_everything(classifier: ScopeClassifier) -> ScopeClassifier:
 
 def flagged_spans(classifier: ScopeClassifier, messages: list[dict[str, str]]) -> list[list[CharSpan]]:
     """Per-message spans the classifier selects for ``messages`` if they are flagged."""
-    from classifier import classify_messages
+    from lethe.classifier import classify_messages
 
     flags = classify_messages({_VIEW_ID: _flag_everything(classifier)}, messages)
     return flags[0].spans if flags else [[] for _ in messages]

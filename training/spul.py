@@ -32,15 +32,15 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from runtime.artifact import ForgetSetParameters, SpulParameters
-from runtime.generation import pad_embeddings
-from runtime.interventions import InterventionPlan
-from runtime.model import LanguageModel
-from training.candidates import CandidateFactory, plans_for
-from training.data import ForgetRow
-from training.metrics import render_question
-from training.samples import ForgetSample, score_samples
-from training.scope import flagged_spans
+from lethe.runtime.artifact import ForgetSetParameters, SpulParameters
+from lethe.runtime.generation import pad_embeddings
+from lethe.runtime.interventions import InterventionPlan
+from lethe.runtime.model import LanguageModel
+from lethe.training.candidates import CandidateFactory, plans_for
+from lethe.training.data import ForgetRow
+from lethe.training.metrics import render_question
+from lethe.training.samples import ForgetSample, score_samples
+from lethe.training.scope import flagged_spans
 
 Report = Callable[[float, str | None], None]
 DEFAULT_IDK = ("I don't know.", "I have no information about that.", "I'm not sure about that.")

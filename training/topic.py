@@ -19,14 +19,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime.artifact import ForgetSetArtifact
-from runtime.generation import SamplingParams
-from runtime.model import LanguageModel
-from runtime.unlearning import ForgetSetRouter
-from training.data import ForgetRow, TrainingDataError
-from training.metrics import through_router
-from training.progress import ProgressTracker
-from training.reveal import RevealConfig, Revealer, RevealResult
+from lethe.runtime.artifact import ForgetSetArtifact
+from lethe.runtime.generation import SamplingParams
+from lethe.runtime.model import LanguageModel
+from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.training.data import ForgetRow, TrainingDataError
+from lethe.training.metrics import through_router
+from lethe.training.progress import ProgressTracker
+from lethe.training.reveal import RevealConfig, Revealer, RevealResult
 
 ProgressFn = Callable[[float, str], None]
 
@@ -65,7 +65,7 @@ def greedy_answers(model: LanguageModel, questions: Sequence[str], max_new_token
 
 def retain_rows(model: LanguageModel, count: int, seed: int, max_new_tokens: int, exclude: set[str]) -> list[ForgetRow]:
     """General questions from the shipped pool with the base model's own answers."""
-    from classifier.pool import load_pool
+    from lethe.classifier.pool import load_pool
 
     questions = [q for q in load_pool().train if q.endswith("?") and q not in exclude]
     random.Random(seed).shuffle(questions)
@@ -113,7 +113,7 @@ def train_topic_forget_set(
     The returned artifact's metrics gain a ``topic`` entry: each round's reveal figures (asked,
     on-topic count, leak rate, Vendi score, mined entities) and the forget/retain row counts.
     """
-    from runtime.text_embedding import shared_text_embedder
+    from lethe.runtime.text_embedding import shared_text_embedder
 
     topic = topic.strip()
     if not topic:

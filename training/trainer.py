@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from runtime.artifact import (
+from lethe.runtime.artifact import (
     BaseModelInfo,
     ForgetSetArtifact,
     ForgetSetManifest,
@@ -31,20 +31,20 @@ from runtime.artifact import (
     utc_now,
     validate_id,
 )
-from runtime.model import LanguageModel
-from runtime.unlearning import ForgetSetRouter
-from training.candidates import CandidateFactory
-from training.data import ForgetRow, TrainingDataError, TrainingError, parse_rows
-from training.eco import EcoConfig, train_eco
-from training.metrics import EvalTarget, RowScores, render_question, score_rows, split_summary, through_router
-from training.progress import ProgressTracker, TrainingCancelled
-from training.samples import prepare_samples
-from training.scope import with_token_mode
-from training.spul import SpulConfig, train_spul
-from training.topic import TopicConfig, train_topic_forget_set
+from lethe.runtime.model import LanguageModel
+from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.training.candidates import CandidateFactory
+from lethe.training.data import ForgetRow, TrainingDataError, TrainingError, parse_rows
+from lethe.training.eco import EcoConfig, train_eco
+from lethe.training.metrics import EvalTarget, RowScores, render_question, score_rows, split_summary, through_router
+from lethe.training.progress import ProgressTracker, TrainingCancelled
+from lethe.training.samples import prepare_samples
+from lethe.training.scope import with_token_mode
+from lethe.training.spul import SpulConfig, train_spul
+from lethe.training.topic import TopicConfig, train_topic_forget_set
 
 if TYPE_CHECKING:
-    from classifier import ClassifierConfig, ScopeClassifier
+    from lethe.classifier import ClassifierConfig, ScopeClassifier
 
 __all__ = ["TrainConfig", "TrainingCancelled", "TrainingError", "train_forget_set", "train_topic"]
 
@@ -67,7 +67,7 @@ class TrainConfig(BaseModel):
     @field_validator("classifier")
     @classmethod
     def _check_classifier(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from classifier import ClassifierConfig
+        from lethe.classifier import ClassifierConfig
 
         known = set(ClassifierConfig.__dataclass_fields__)
         unknown = sorted(set(value) - known)
@@ -78,7 +78,7 @@ class TrainConfig(BaseModel):
 
     def classifier_config(self) -> ClassifierConfig:
         """The scope classifier's configuration (seeded by the run's seed unless set)."""
-        from classifier import ClassifierConfig
+        from lethe.classifier import ClassifierConfig
 
         return ClassifierConfig(**{"seed": self.seed, **self.classifier})
 
@@ -295,10 +295,10 @@ def train_topic(
 def _train_classifier(
     forget: list[ForgetRow], retain: list[ForgetRow], config: TrainConfig, tracker: ProgressTracker
 ) -> ScopeClassifier:
-    from classifier import ClassifierTrainingError, ScopeClassifier
+    from lethe.classifier import ClassifierTrainingError, train_scope_classifier
 
     try:
-        return ScopeClassifier.train(
+        return train_scope_classifier(
             [r.prompt for r in forget],
             [r.prompt for r in retain] or None,
             config.classifier_config(),

@@ -1,6 +1,6 @@
-"""Running real gateway processes for the gateway tests (no tests here).
+"""Real gateway processes for tests and benchmarks.
 
-Each server is ``python -m service.cli serve`` on 127.0.0.1 with a free port, its own registry
+Each server is ``python -m lethe.cli serve`` on 127.0.0.1 with a free port, its own registry
 folder and a log file; it is driven over real HTTP.
 """
 
@@ -22,7 +22,6 @@ import httpx
 API_KEY = "test-key-1"
 OTHER_API_KEY = "test-key-2"
 ADMIN_KEY = "test-admin-key"
-REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -73,7 +72,7 @@ class GatewayServer:
         command = [
             sys.executable,
             "-m",
-            "service.cli",
+            "lethe.cli",
             "serve",
             "--model",
             self.model,
@@ -86,7 +85,7 @@ class GatewayServer:
             *self.args,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -141,29 +140,18 @@ class GatewayServer:
         return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=key, max_retries=0, timeout=120)
 
 
-def assert_openai_error(response: httpx.Response, status: int, param: str | None = "<any>") -> dict[str, Any]:
-    """The response has ``status`` and an OpenAI error body (optionally naming ``param``)."""
-    assert response.status_code == status, (response.status_code, response.text)
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}, error
-    assert isinstance(error["message"], str) and error["message"]
-    if param != "<any>":
-        assert error["param"] == param, error
-    return error
-
-
 def wait_for_job(admin: httpx.Client, job_id: str, states: Sequence[str], timeout: float = 300.0) -> dict[str, Any]:
-    """Poll a job until it reaches one of ``states``."""
+    """Poll a job until it reaches one of ``states``; raises on a bad answer or after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
         response = admin.get(f"/admin/jobs/{job_id}")
-        assert response.status_code == 200, response.text
+        if response.status_code != 200:
+            raise RuntimeError(f"GET /admin/jobs/{job_id} answered {response.status_code}: {response.text}")
         last = response.json()
-        assert 0.0 <= last["progress"] <= 1.0
+        if not 0.0 <= last["progress"] <= 1.0:
+            raise ValueError(f"job {job_id} reports progress {last['progress']} outside [0, 1]")
         if last["state"] in states:
             return last
         time.sleep(0.25)
-    raise AssertionError(f"job {job_id} did not reach {states}: {last}")
+    raise TimeoutError(f"job {job_id} did not reach {states} in {timeout} s: {last}")

@@ -6,30 +6,18 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from runtime.settings import LetheSettings
-
 Register = Callable[[argparse._SubParsersAction], None]
 
 
 def _registrations() -> list[Register]:
-    from runtime.cli import register as runtime_commands
+    from lethe.benchmarks import cli as bench_cli
+    from lethe.benchmarks import probe_cli, reliability_cli
+    from lethe.runtime import cli as runtime_cli
+    from lethe.service import serve_cli
+    from lethe.training import cli as training_cli
 
-    registrations: list[Register] = [runtime_commands]
-    for module_name in (
-        "training.cli",
-        "service.serve_cli",
-        "benchmarks.cli",
-        "benchmarks.reliability_cli",
-        "benchmarks.probe_cli",
-    ):
-        try:
-            module = __import__(module_name, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        registrations.append(module.register)
-    return registrations
+    modules = (runtime_cli, training_cli, serve_cli, bench_cli, reliability_cli, probe_cli)
+    return [module.register for module in modules]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,12 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     for register in _registrations():
         register(commands)
     return parser
-
-
-def settings_from_args(args: argparse.Namespace, **overrides: object) -> LetheSettings:
-    """Settings from the environment, with the global flags and ``overrides`` (non-None) on top."""
-    values = {"home": getattr(args, "home", None), "threads": getattr(args, "threads", None), **overrides}
-    return LetheSettings(**{k: v for k, v in values.items() if v is not None})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
