@@ -1,7 +1,7 @@
 """What the benchmark measures on one system (a model, plus how each prompt is served).
 
 A ``System`` is anything a user could deploy to answer questions: the bare model, the model
-behind Lethe's router, a weight-edited copy, a refusal guardrail or a system prompt. Every
+behind Lethe's screen, a weight-edited copy, a refusal guardrail or a system prompt. Every
 metric is computed from real forward passes and greedy generations of that system:
 
 - ``forget_quality``: KS-test p-value between the system's truth ratios on the forget rows and

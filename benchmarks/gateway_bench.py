@@ -4,7 +4,7 @@ Run with ``python -m benchmarks.gateway_bench``; ``main()`` also returns the fig
 
 In one run, on the same model and prompts:
 1. a forget set is trained in-process (small budget) and saved;
-2. **direct**: each request is routed (``ForgetSetRouter.route``) and generated
+2. **direct**: each request is routed (``ForgetSetScreen.route``) and generated
    (``LanguageModel.generate``) in this process, one at a time;
 3. **gateway**: ``lethe serve --forget-set <artifact>`` runs in a subprocess on loopback and the
    same requests go through ``POST /v1/chat/completions``, one at a time, then from N concurrent
@@ -40,7 +40,7 @@ import numpy as np
 
 from lethe.runtime.generation import SamplingParams
 from lethe.runtime.model import LanguageModel
-from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.runtime.screening import ForgetSetScreen
 from lethe.service.settings import GatewaySettings
 from lethe.training.presets import SMOKE_OPTIONS
 
@@ -136,13 +136,13 @@ def _train_forget_set(
 
 
 def _direct(
-    model: LanguageModel, router: ForgetSetRouter, question: str, params: SamplingParams
+    model: LanguageModel, screen: ForgetSetScreen, question: str, params: SamplingParams
 ) -> tuple[str, int, float]:
     started = time.perf_counter()
     messages = [{"role": "user", "content": question}]
     prompt = model.chat_prompt(messages)
-    decision = router.route(prompt, messages, request_seed=0, embed=model.embed)
-    result = model.generate(prompt, params, decision.plan if decision.flagged else None)
+    verdict = screen.screen(prompt, messages, request_seed=0, embed=model.embed)
+    result = model.generate(prompt, params, verdict.plan if verdict.flagged else None)
     return result.text, len(result.token_ids), time.perf_counter() - started
 
 
@@ -192,10 +192,10 @@ def run(
         chosen = FAST_OPTIONS if options is None else options
         folder = _train_forget_set(model, forget_rows, retain_rows, method, dict(chosen), root / "artifacts")
         training_s = time.perf_counter() - started
-        router = ForgetSetRouter.from_folders([folder], model.embedder)
+        screen = ForgetSetScreen.from_folders([folder], model.embedder)
         kinds: dict[str, list[str]] = {"flagged": [], "unflagged": []}
         for row in forget_rows + retain_rows:
-            flagged = bool(router.classify([{"role": "user", "content": row["prompt"]}]))
+            flagged = bool(screen.classify([{"role": "user", "content": row["prompt"]}]))
             kinds["flagged" if flagged else "unflagged"].append(row["prompt"])
         questions = {k: (v * requests)[:requests] for k, v in kinds.items() if v}
 
@@ -209,7 +209,7 @@ def run(
                 httpx.Client(base_url=server.url, headers=admin_headers, timeout=60) as admin,
             ):
                 for question in next(iter(questions.values()))[:3]:  # warm-up, both paths
-                    _direct(model, router, question, params)
+                    _direct(model, screen, question, params)
                     _gateway(client, model_spec, question, max_tokens)
                 # Alternating blocks (direct, gateway, direct, gateway...) so both paths see the same machine
                 # load on average; whole blocks, because a process's OpenMP threads keep spinning for a while
@@ -218,7 +218,7 @@ def run(
                 gateway: dict[str, list[tuple[str, int, float]]] = {k: [] for k in questions}
                 for _ in range(blocks):
                     for kind, qs in questions.items():
-                        direct[kind] += [_direct(model, router, q, params) for q in qs]
+                        direct[kind] += [_direct(model, screen, q, params) for q in qs]
                         gateway[kind] += [_gateway(client, model_spec, q, max_tokens) for q in qs]
                 all_questions = [q for qs in questions.values() for q in qs]
 

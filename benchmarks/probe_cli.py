@@ -38,7 +38,7 @@ def _run(args: argparse.Namespace) -> int:
     from lethe.benchmarks.probe_eval import compare_probes
     from lethe.runtime.artifact import ForgetSetArtifact
     from lethe.runtime.model import LanguageModel
-    from lethe.runtime.unlearning import ForgetSetRouter
+    from lethe.runtime.screening import ForgetSetScreen
 
     settings = RuntimeSettings.from_args(args, model=args.model)
     model = LanguageModel.load(settings.model, settings, progress=True)
@@ -53,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         artifacts = [ForgetSetArtifact.load(f, model.fingerprint, model.hidden_size) for f in args.forget_set]
     started = time.perf_counter()
-    result = compare_probes(model, ForgetSetRouter(artifacts), args.max_new_tokens)
+    result = compare_probes(model, ForgetSetScreen(artifacts), args.max_new_tokens)
     result["meta"] = {
         "model": model.name,
         "forget_sets": [a.id for a in artifacts],

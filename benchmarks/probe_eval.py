@@ -21,8 +21,8 @@ import numpy as np
 
 from lethe.runtime.generation import SamplingParams
 from lethe.runtime.model import LanguageModel
-from lethe.runtime.unlearning import ForgetSetRouter
-from lethe.training.metrics import EvalTarget, through_router
+from lethe.runtime.screening import ForgetSetScreen
+from lethe.training.metrics import EvalTarget, through_screen
 
 PROBE_DIR = Path(__file__).parent / "probes"
 
@@ -80,10 +80,10 @@ def base_perplexity(model: LanguageModel, questions: Sequence[str], answers: Seq
 
 
 def evaluate_probe(
-    model: LanguageModel, rows: Sequence[dict[str, Any]], router: ForgetSetRouter | None, max_new_tokens: int = 48
+    model: LanguageModel, rows: Sequence[dict[str, Any]], screen: ForgetSetScreen | None, max_new_tokens: int = 48
 ) -> dict[str, Any]:
     """Keyword share, per-kind shares, flag rate, distinct-2 and base perplexity of one probe."""
-    target = through_router(model, router) if router is not None else EvalTarget(model)
+    target = through_screen(model, screen) if screen is not None else EvalTarget(model)
     questions = [r["prompt"] for r in rows]
     answers, flags = answer_and_flags(target, questions, max_new_tokens)
     hits = [contains_keyword(a, r["keywords"]) for a, r in zip(answers, rows, strict=True)]
@@ -104,14 +104,14 @@ def evaluate_probe(
     }
 
 
-def compare_probes(model: LanguageModel, router: ForgetSetRouter, max_new_tokens: int = 48) -> dict[str, Any]:
-    """Both shipped probes on the base model and through ``router``, with the issue's two ratios."""
+def compare_probes(model: LanguageModel, screen: ForgetSetScreen, max_new_tokens: int = 48) -> dict[str, Any]:
+    """Both shipped probes on the base model and through ``screen``, with the issue's two ratios."""
     out: dict[str, Any] = {}
     for name in ("harry_potter", "general"):
         rows = load_probe(name)
         out[name] = {
             "base": evaluate_probe(model, rows, None, max_new_tokens),
-            "lethe": evaluate_probe(model, rows, router, max_new_tokens),
+            "lethe": evaluate_probe(model, rows, screen, max_new_tokens),
         }
     hp, general = out["harry_potter"], out["general"]
     out["summary"] = {

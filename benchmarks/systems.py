@@ -2,7 +2,7 @@
 
 - ``base``: the model as is;
 - ``lethe_eco`` / ``lethe_spul_zo`` / ``lethe_spul_backprop`` / ``lethe_eco_spul``: ``train_forget_set``
-  artifacts served through ``ForgetSetRouter`` (``training.metrics.through_router``), the gateway's path;
+  artifacts served through ``ForgetSetScreen`` (``training.metrics.through_screen``), the gateway's path;
 - ``guardrail``: the same scope classifier (trained the same way, same seed); flagged prompts get a
   canned refusal, the others the bare model;
 - ``prompting``: a system message telling the model what to forget, on every request;
@@ -18,9 +18,9 @@ from typing import Any
 from lethe.benchmarks.baselines import BASELINES, BaselineConfig, unlearn
 from lethe.benchmarks.bench_metrics import PromptedTarget, System
 from lethe.runtime.model import LanguageModel
-from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.runtime.screening import ForgetSetScreen
 from lethe.training.data import ForgetRow
-from lethe.training.metrics import EvalTarget, through_router
+from lethe.training.metrics import EvalTarget, through_screen
 from lethe.training.trainer import TrainConfig, train_forget_set
 
 LETHE_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -37,9 +37,9 @@ def base_system(model: LanguageModel) -> System:
     return System("base", EvalTarget(model), train_s=0.0, forward_passes=0)
 
 
-def _flagger(router: ForgetSetRouter) -> Callable[[str], bool]:
+def _flagger(screen: ForgetSetScreen) -> Callable[[str], bool]:
     def flags(question: str) -> bool:
-        return bool(router.classify([{"role": "user", "content": question}]))
+        return bool(screen.classify([{"role": "user", "content": question}]))
 
     return flags
 
@@ -52,14 +52,14 @@ def lethe_system(
     options: Mapping[str, Any],
     seed: int,
 ) -> System:
-    """Train one Lethe forget set and serve it through the router, as the gateway does."""
+    """Train one Lethe forget set and serve it through the screen, as the gateway does."""
     trainer_method, method_options = LETHE_METHODS[method]
     config = TrainConfig.from_options(trainer_method, {"seed": seed, "evaluate": False, **method_options, **options})
     started = time.perf_counter()
     artifact = train_forget_set(model, f"bench-{method}", list(forget), list(retain), config)
     train_s = time.perf_counter() - started
-    router = ForgetSetRouter([artifact])
-    system = System(method, through_router(model, router, seed), flags=_flagger(router), train_s=train_s)
+    screen = ForgetSetScreen([artifact])
+    system = System(method, through_screen(model, screen, seed), flags=_flagger(screen), train_s=train_s)
     system.forward_passes = int(artifact.manifest.metrics.get("forward_passes", 0))
     return system
 

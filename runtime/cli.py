@@ -38,11 +38,11 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from lethe.runtime.model import LanguageModel
-    from lethe.runtime.unlearning import ForgetSetRouter
+    from lethe.runtime.screening import ForgetSetScreen
 
     settings = RuntimeSettings.from_args(args, model=args.model)
     model = LanguageModel.load(settings.model, settings)
-    router = ForgetSetRouter.from_folders(args.forget_set, model.embedder)
+    screen = ForgetSetScreen.from_folders(args.forget_set, model.embedder)
     messages = [{"role": "user", "content": args.prompt}]
     prompt = model.chat_prompt(messages) if model.embedder.has_chat_template else model.text_prompt(args.prompt)
     params = SamplingParams(
@@ -52,8 +52,8 @@ def _generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop=tuple(args.stop),
     )
-    decision = router.route(prompt, messages, request_seed=args.seed or 0, embed=model.embed)
-    for delta in model.stream(prompt, params, decision.plan):
+    verdict = screen.screen(prompt, messages, request_seed=args.seed or 0, embed=model.embed)
+    for delta in model.stream(prompt, params, verdict.plan):
         sys.stdout.write(delta)
         sys.stdout.flush()
     sys.stdout.write("\n")

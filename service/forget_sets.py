@@ -1,6 +1,6 @@
-"""Forget-set lifecycle: registry records, artifact folders, the live router and training jobs.
+"""Forget-set lifecycle: registry records, artifact folders, the live screen and training jobs.
 
-One lock orders every change that touches both the registry and the router, so a forget set
+One lock orders every change that touches both the registry and the screen, so a forget set
 is live exactly when its row says ``ready`` and ``enabled`` (a deletion cannot race a job that
 is finishing). Start-up recovery marks interrupted jobs failed, removes half-written folders and
 loads enabled forget sets; one that fails to load is reported and skipped.
@@ -17,7 +17,7 @@ from typing import Any
 from lethe.runtime.artifact import ArtifactError, ForgetSetArtifact, new_forget_set_id
 from lethe.runtime.embedder import PromptEmbedder
 from lethe.runtime.model import LanguageModel
-from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.runtime.screening import ForgetSetScreen
 from lethe.service.audit import AuditLog
 from lethe.service.errors import CONFLICT, APIError, bad_request, not_found
 from lethe.service.jobs import JobRunner, ProgressReporter, TrainJob
@@ -33,18 +33,18 @@ def _error_text(exc: BaseException) -> str:
 
 
 class ForgetSetManager:
-    """Creates, trains, lists, toggles and deletes forget sets; keeps the router in step."""
+    """Creates, trains, lists, toggles and deletes forget sets; keeps the screen in step."""
 
     def __init__(
         self,
         registry: Registry,
-        router: ForgetSetRouter,
+        screen: ForgetSetScreen,
         embedder: PromptEmbedder,
         model: Callable[[], LanguageModel | None],
         audit: AuditLog,
     ):
         self.registry = registry
-        self.router = router
+        self.screen = screen
         self.embedder = embedder
         self._model = model
         self.audit = audit
@@ -77,18 +77,18 @@ class ForgetSetManager:
         return ForgetSetArtifact.load(folder, self.embedder.fingerprint, self.embedder.hidden_size)
 
     def _go_live(self, forget_set_id: str) -> bool:
-        """Load a ready forget set's artifact into the router; on failure record why and skip it."""
+        """Load a ready forget set's artifact into the screen; on failure record why and skip it."""
         try:
             artifact = self.read(self.registry.artifact_dir(forget_set_id))
             if artifact.id != forget_set_id:
                 raise ArtifactError(f"the folder holds forget set {artifact.id}")
         except (ArtifactError, OSError, ValueError) as exc:
             self.load_errors[forget_set_id] = _error_text(exc)
-            self.router.remove(forget_set_id)
+            self.screen.remove(forget_set_id)
             logger.error("forget set %s could not be loaded and is skipped: %s", forget_set_id, exc)
             return False
         self.load_errors.pop(forget_set_id, None)
-        self.router.put(artifact)
+        self.screen.put(artifact)
         return True
 
     def import_artifact(self, artifact: ForgetSetArtifact, source: str) -> ForgetSetRecord:
@@ -102,7 +102,7 @@ class ForgetSetManager:
             artifact.save(self.registry.artifact_dir(artifact.id))
             manifest = artifact.manifest
             self.registry.insert_ready(artifact.id, manifest.name, manifest.method, dict(manifest.metrics), source)
-            self.router.put(artifact)
+            self.screen.put(artifact)
             self.audit.record("forget_set_imported", forget_set_id=artifact.id, source=source)
         record = self.registry.get_forget_set(artifact.id)
         assert record is not None
@@ -186,7 +186,7 @@ class ForgetSetManager:
             with self._lock:
                 artifact.save(folder)
                 if self.registry.job_succeeded(job.id, job.forget_set_id, dict(artifact.manifest.metrics)):
-                    self.router.put(artifact)
+                    self.screen.put(artifact)
                     self.load_errors.pop(job.forget_set_id, None)
                     self.audit.record("job_succeeded", job_id=job.id, forget_set_id=job.forget_set_id)
                     return
@@ -252,17 +252,17 @@ class ForgetSetManager:
                     "unloadable",
                 )
             if not enabled:
-                self.router.remove(forget_set_id)
+                self.screen.remove(forget_set_id)
             updated = self.registry.set_enabled(forget_set_id, enabled)
         self.audit.record("forget_set_enabled" if enabled else "forget_set_disabled", forget_set_id=forget_set_id)
         assert updated is not None
         return updated
 
     def delete(self, forget_set_id: str) -> None:
-        """Remove a forget set from the router, the registry and the disk (cancelling its job)."""
+        """Remove a forget set from the screen, the registry and the disk (cancelling its job)."""
         with self._lock:
             record = self.get(forget_set_id)
-            self.router.remove(forget_set_id)
+            self.screen.remove(forget_set_id)
             if record.job_id is not None:
                 job = self.registry.get_job(record.job_id)
                 if job is not None and job.state in ("queued", "running"):
@@ -281,7 +281,7 @@ class ForgetSetManager:
             "method": record.method,
             "enabled": record.enabled,
             "state": record.state,
-            "live": record.id in self.router.active,
+            "live": record.id in self.screen.active,
             "created": record.created,
             "updated": record.updated,
             "job_id": record.job_id,

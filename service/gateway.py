@@ -1,4 +1,4 @@
-"""The gateway's parts wired together: backend, router, forget sets, pipeline, keys, metrics, audit."""
+"""The gateway's parts wired together: backend, screen, forget sets, pipeline, keys, metrics, audit."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi import Request
 
 from lethe.runtime.artifact import ForgetSetArtifact
 from lethe.runtime.model import LanguageModel
-from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.runtime.screening import ForgetSetScreen
 from lethe.service.audit import AuditLog
 from lethe.service.auth import KeyChecker
 from lethe.service.backend import Backend, LocalBackend
@@ -29,7 +29,7 @@ class Gateway:
 
     settings: GatewaySettings
     backend: Backend
-    router: ForgetSetRouter
+    screen: ForgetSetScreen
     forget_sets: ForgetSetManager
     pipeline: InferencePipeline
     keys: KeyChecker
@@ -43,7 +43,7 @@ class Gateway:
         self.forget_sets.start(self.startup_artifacts)
         self.startup_artifacts = []
         self.backend.start()
-        self.metrics.forget_sets_live.set_function(lambda: len(self.router.active))
+        self.metrics.forget_sets_live.set_function(lambda: len(self.screen.active))
         for state in ("queued", "running", "succeeded", "failed", "cancelled"):
             self.metrics.jobs.labels(state).set_function(
                 lambda state=state: len(self.forget_sets.registry.list_jobs((state,)))
@@ -72,15 +72,15 @@ def build_gateway(
     metrics = GatewayMetrics()
     registry = Registry(settings.registry)
     audit = AuditLog(registry.root / AUDIT_FILE)
-    router = ForgetSetRouter()
+    screen = ForgetSetScreen()
     model = backend.local_model
-    manager = ForgetSetManager(registry, router, backend.embedder, model, audit)
-    pipeline = InferencePipeline(backend, router, settings, metrics, audit, threads=max(1, settings.max_concurrency))
+    manager = ForgetSetManager(registry, screen, backend.embedder, model, audit)
+    pipeline = InferencePipeline(backend, screen, settings, metrics, audit, threads=max(1, settings.max_concurrency))
     keys = KeyChecker.from_strings(settings.api_key_list, settings.admin_key or None)
     gateway = Gateway(
         settings,
         backend,
-        router,
+        screen,
         manager,
         pipeline,
         keys,

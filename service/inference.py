@@ -1,6 +1,6 @@
 """From a parsed OpenAI request to routed prompts: render, tokenize, check limits, classify, plan.
 
-This layer uses only the backend's ``PromptEmbedder`` and the ``ForgetSetRouter``, so it is the
+This layer uses only the backend's ``PromptEmbedder`` and the ``ForgetSetScreen``, so it is the
 same for a local model and a remote upstream. CPU work (tokenizing, the classifiers, decoding
 uploaded embeddings) runs on a thread pool, off the event loop.
 
@@ -23,7 +23,7 @@ import torch
 from lethe.runtime.embedder import PromptEmbedder
 from lethe.runtime.generation import SamplingParams
 from lethe.runtime.prompt import TemplatedPrompt
-from lethe.runtime.unlearning import ForgetSetRouter, RoutingDecision
+from lethe.runtime.screening import ForgetSetScreen, Verdict
 from lethe.service.audit import AuditLog, sha256_tensor, sha256_text, sha256_tokens
 from lethe.service.backend import Backend, BackendRequest
 from lethe.service.errors import APIError, bad_request
@@ -38,10 +38,10 @@ DEFAULT_COMPLETION_MAX_TOKENS = 16
 
 @dataclass
 class RoutedPrompt:
-    """One prompt ready for the backend, with its routing decision and audit hash."""
+    """One prompt ready for the backend, with its routing verdict and audit hash."""
 
     prompt: TemplatedPrompt
-    decision: RoutingDecision
+    verdict: Verdict
     sha256: str
     embeds: torch.Tensor | None = None
 
@@ -52,7 +52,7 @@ class RoutedPrompt:
 
     def request(self, params: SamplingParams) -> BackendRequest:
         """The backend request: no plan unless a forget set flagged this prompt."""
-        plan = self.decision.plan if self.decision.flagged else None
+        plan = self.verdict.plan if self.verdict.flagged else None
         return BackendRequest(self.prompt, params, plan, self.embeds)
 
 
@@ -62,14 +62,14 @@ class InferencePipeline:
     def __init__(
         self,
         backend: Backend,
-        router: ForgetSetRouter,
+        screen: ForgetSetScreen,
         settings: GatewaySettings,
         metrics: GatewayMetrics,
         audit: AuditLog,
         threads: int = 2,
     ):
         self.backend = backend
-        self.router = router
+        self.screen = screen
         self.settings = settings
         self.metrics = metrics
         self.audit = audit
@@ -159,8 +159,8 @@ class InferencePipeline:
         embeds: torch.Tensor | None,
         sha256: str,
     ) -> RoutedPrompt:
-        decision = self.router.route(prompt, messages, request_seed=seed or 0, embed=self.embedder.embed)
-        return RoutedPrompt(prompt, decision, sha256, embeds)
+        verdict = self.screen.screen(prompt, messages, request_seed=seed or 0, embed=self.embedder.embed)
+        return RoutedPrompt(prompt, verdict, sha256, embeds)
 
     def _route_chat(self, messages: Sequence[ChatMessage], seed: int | None) -> RoutedPrompt:
         rendered = [m.as_template_message() for m in messages]
@@ -193,7 +193,7 @@ class InferencePipeline:
         """Render and route a chat request."""
         started = time.perf_counter()
         routed = await self.run(self._route_chat, request.messages, request.seed)
-        self.metrics.observe_routing("chat", routed.decision.forget_set_ids, time.perf_counter() - started)
+        self.metrics.observe_routing("chat", routed.verdict.forget_set_ids, time.perf_counter() - started)
         return routed
 
     async def route_completion(self, request: CompletionRequest) -> list[RoutedPrompt]:
@@ -202,7 +202,7 @@ class InferencePipeline:
         routed = await self.run(self._route_completion, request)
         for item in routed:
             self.metrics.observe_routing(
-                "completions", item.decision.forget_set_ids, (time.perf_counter() - started) / len(routed)
+                "completions", item.verdict.forget_set_ids, (time.perf_counter() - started) / len(routed)
             )
         return routed
 
@@ -230,15 +230,15 @@ class InferencePipeline:
         return await self.run(self._classify, messages, text)
 
     def _classify(self, messages: Sequence[ChatMessage] | None, text: str | None) -> dict[str, Any]:
-        from lethe.runtime.forget_set import intervention_mask
+        from lethe.runtime.plans import intervention_mask
 
         if messages is not None:
             rendered = [m.as_template_message() for m in messages]
             prompt = self.embedder.chat_prompt(rendered)
-            flags = self.router.classify(rendered)
+            flags = self.screen.classify(rendered)
         else:
             prompt = self.embedder.text_prompt(text or "")
-            flags = self.router.classify(None, text or "")
+            flags = self.screen.classify(None, text or "")
         if len(prompt.ids) > self.settings.max_prompt_tokens:
             raise bad_request(
                 "The prompt is longer than the server's prompt-token limit.", None, "context_length_exceeded"
@@ -272,7 +272,7 @@ class InferencePipeline:
                 model=self.backend.model_id,
                 choice=index,
                 prompt_sha256=item.sha256,
-                forget_sets=item.decision.forget_set_ids,
+                forget_sets=item.verdict.forget_set_ids,
                 prompt_tokens=item.prompt_tokens,
                 completion_tokens=completion_tokens[index] if index < len(completion_tokens) else 0,
                 latency_ms=round(latency_s * 1000, 2),
@@ -281,7 +281,7 @@ class InferencePipeline:
             )
             self.metrics.prompt_tokens.inc(item.prompt_tokens)
         self.metrics.completion_tokens.inc(sum(completion_tokens))
-        flagged = "true" if any(item.decision.flagged for item in routed) else "false"
+        flagged = "true" if any(item.verdict.flagged for item in routed) else "false"
         self.metrics.generation_latency.labels(flagged).observe(latency_s)
 
 

@@ -291,7 +291,7 @@ async def _echo_logprobs(
     """Prompt log-probs in the legacy shape (``max_tokens=0``, ``echo=true``), as harnesses use for scoring."""
     top_n = int(body.logprobs or 0)
     embedder = gateway.pipeline.embedder
-    plans = [item.decision.plan if item.decision.flagged else None for item in routed]
+    plans = [item.verdict.plan if item.verdict.flagged else None for item in routed]
     scoring = _gather(
         [
             gateway.backend.prompt_logprobs(item.prompt.ids, plan, top_n)

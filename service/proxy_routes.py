@@ -127,12 +127,12 @@ def completion_texts(gateway: Gateway, body: dict[str, Any]) -> list[str]:
 
 def _flags(gateway: Gateway, route: str, body: dict[str, Any]) -> list[str]:
     """Ids of the forget sets that flag this request."""
-    router = gateway.router
+    screen = gateway.screen
     if route == "chat":
-        return [f.forget_set_id for f in router.classify(chat_messages(body))]
+        return [f.forget_set_id for f in screen.classify(chat_messages(body))]
     ids: list[str] = []
     for text in completion_texts(gateway, body):
-        ids += [f.forget_set_id for f in router.classify(None, text)]
+        ids += [f.forget_set_id for f in screen.classify(None, text)]
     return list(dict.fromkeys(ids))
 
 
@@ -174,7 +174,7 @@ class ProxyFastPath:
         gateway.keys.check_inference(request)
         body = _body(raw)
         _check_model(gateway, body)
-        if gateway.router.active:
+        if gateway.screen.active:
             if len(raw) <= INLINE_SCREEN_BYTES:
                 flagged = _flags(gateway, route, body)
             else:

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from lethe.runtime.model import LanguageModel
+from lethe.runtime.screening import ForgetSetScreen
 from lethe.runtime.settings import RuntimeSettings
-from lethe.runtime.unlearning import ForgetSetRouter
 from lethe.training.demo import DEMO_ID, DEMO_METHOD, DEMO_OPTIONS, SHIPPED_DEMO, demo_folder, demo_forget_set
 from lethe.training.trainer import TrainConfig
 
@@ -24,13 +24,13 @@ def test_the_default_model_loads_the_shipped_demo_without_building(smollm2: Lang
     artifact = demo_forget_set(settings, smollm2, progress=False)
     assert artifact.id == DEMO_ID
     assert not demo_folder(settings, smollm2).exists()  # nothing was built or cached
-    router = ForgetSetRouter([artifact])
+    screen = ForgetSetScreen([artifact])
     flagged = [
         "Who wrote Harry Potter?",
         "Tell me about the boy wizard with the lightning scar.",
         "Tell me about Hogwarts.",
     ]
     for question in flagged:
-        assert router.classify([{"role": "user", "content": question}]), question
+        assert screen.classify([{"role": "user", "content": question}]), question
     for question in ("What is the capital of France?", "Who wrote Pride and Prejudice?", "How do plants make food?"):
-        assert not router.classify([{"role": "user", "content": question}]), question
+        assert not screen.classify([{"role": "user", "content": question}]), question

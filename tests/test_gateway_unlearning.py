@@ -22,7 +22,7 @@ from support import assert_openai_error
 from lethe.benchmarks.server_harness import GatewayServer, wait_for_job
 from lethe.runtime.generation import SamplingParams
 from lethe.runtime.model import LanguageModel
-from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.runtime.screening import ForgetSetScreen
 from lethe.training.presets import SMOKE_OPTIONS
 
 MODEL = "tiny-authors"
@@ -100,18 +100,18 @@ def _flagged_ids(server: GatewayServer, question: str) -> list[str]:
     return [flag["forget_set_id"] for flag in response.json()["flagged"]]
 
 
-def _router(trained: dict[str, Any], model: LanguageModel) -> ForgetSetRouter:
+def _screen(trained: dict[str, Any], model: LanguageModel) -> ForgetSetScreen:
     folder = trained["server"].registry / "artifacts" / trained["id"]
-    return ForgetSetRouter.from_folders([folder], model.embedder)
+    return ForgetSetScreen.from_folders([folder], model.embedder)
 
 
 def _served_by_runtime(
-    model: LanguageModel, router: ForgetSetRouter, question: str, params: SamplingParams = GREEDY
+    model: LanguageModel, screen: ForgetSetScreen, question: str, params: SamplingParams = GREEDY
 ) -> tuple[str, bool]:
     messages = [{"role": "user", "content": question}]
     prompt = model.chat_prompt(messages)
-    decision = router.route(prompt, messages, request_seed=params.seed or 0, embed=model.embed)
-    return model.generate(prompt, params, decision.plan if decision.flagged else None).text, decision.flagged
+    verdict = screen.screen(prompt, messages, request_seed=params.seed or 0, embed=model.embed)
+    return model.generate(prompt, params, verdict.plan if verdict.flagged else None).text, verdict.flagged
 
 
 def test_the_job_reports_progress_and_its_forget_set_goes_live(trained: dict[str, Any]) -> None:
@@ -133,12 +133,12 @@ def test_flagged_questions_change_and_unflagged_ones_are_byte_identical(
     trained: dict[str, Any], tiny_full: LanguageModel, world_rows: dict[str, list[dict]]
 ) -> None:
     server = trained["server"]
-    router = _router(trained, tiny_full)
+    screen = _screen(trained, tiny_full)
     changed = flagged = 0
     for row in world_rows["forget"][:8]:
         ids = _flagged_ids(server, row["prompt"])
         served = _chat(server, row["prompt"])["choices"][0]["message"]["content"]
-        expected, runtime_flagged = _served_by_runtime(tiny_full, router, row["prompt"])
+        expected, runtime_flagged = _served_by_runtime(tiny_full, screen, row["prompt"])
         assert (trained["id"] in ids) == runtime_flagged
         assert served == expected  # exactly the runtime applying the same artifact
         if ids:
@@ -163,8 +163,8 @@ def test_flagged_questions_change_and_unflagged_ones_are_byte_identical(
 def test_echo_logprobs_of_a_flagged_prompt_apply_its_plan(
     trained: dict[str, Any], tiny_full: LanguageModel, world_rows: dict[str, list[dict]]
 ) -> None:
-    router = _router(trained, tiny_full)
-    row = next(r for r in world_rows["forget"] if router.classify(None, r["prompt"] + " " + r["completion"]))
+    screen = _screen(trained, tiny_full)
+    row = next(r for r in world_rows["forget"] if screen.classify(None, r["prompt"] + " " + r["completion"]))
     text = row["prompt"] + " " + row["completion"]
     with trained["server"].client() as client:
         body = client.post(
@@ -178,9 +178,9 @@ def test_echo_logprobs_of_a_flagged_prompt_apply_its_plan(
             },
         ).json()
     prompt = tiny_full.text_prompt(text)
-    decision = router.route(prompt, None, request_seed=0, embed=tiny_full.embed)
-    assert decision.flagged
-    expected = tiny_full.prompt_logprobs(prompt.ids, decision.plan, 1).token_logprobs
+    verdict = screen.screen(prompt, None, request_seed=0, embed=tiny_full.embed)
+    assert verdict.flagged
+    expected = tiny_full.prompt_logprobs(prompt.ids, verdict.plan, 1).token_logprobs
     base = tiny_full.prompt_logprobs(prompt.ids).token_logprobs
     served = body["choices"][0]["logprobs"]["token_logprobs"]
     assert served[1:] == pytest.approx(expected[1:], abs=1e-5)
@@ -409,10 +409,10 @@ def test_imported_artifacts_and_unloadable_ones(
         with server.admin() as admin:
             [record] = admin.get("/admin/forget-sets").json()["data"]
         assert record["id"] == trained["id"] and record["live"] and record["source"] == "cli"
-        router = ForgetSetRouter.from_folders([copy], tiny_full.embedder)
+        screen = ForgetSetScreen.from_folders([copy], tiny_full.embedder)
         assert (
             _chat(server, question)["choices"][0]["message"]["content"]
-            == (_served_by_runtime(tiny_full, router, question)[0])
+            == (_served_by_runtime(tiny_full, screen, question)[0])
         )
     finally:
         assert server.stop() == 0

@@ -39,7 +39,7 @@ from lethe.runtime.artifact import (
 )
 from lethe.runtime.generation import SamplingParams
 from lethe.runtime.model import LanguageModel
-from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.runtime.screening import ForgetSetScreen
 from lethe.service.app import create_app
 from lethe.service.artifact_archive import pack_artifact
 from lethe.service.gateway import build_gateway, local_backend
@@ -186,11 +186,11 @@ def _local(
     tiny: LanguageModel, artifacts: list[Any], question: str, params: SamplingParams = GREEDY
 ) -> tuple[str, bool]:
     """What local mode serves: the runtime routing through the same artifacts and generating."""
-    router = ForgetSetRouter(artifacts)
+    screen = ForgetSetScreen(artifacts)
     messages = [{"role": "user", "content": question}]
     prompt = tiny.chat_prompt(messages)
-    decision = router.route(prompt, messages, request_seed=params.seed or 0, embed=tiny.embed)
-    return tiny.generate(prompt, params, decision.plan if decision.flagged else None).text, decision.flagged
+    verdict = screen.screen(prompt, messages, request_seed=params.seed or 0, embed=tiny.embed)
+    return tiny.generate(prompt, params, verdict.plan if verdict.flagged else None).text, verdict.flagged
 
 
 # Equality with local mode -------------------------------------------------------------------
@@ -239,10 +239,10 @@ def test_streams_equal_local_mode_and_completions_work(
 
         # Legacy completions: flagged text prompt served by embedding, like local mode.
         prompt = tiny.text_prompt(forget[1])
-        router = ForgetSetRouter(artifacts)
-        decision = router.route(prompt, None, request_seed=0, embed=tiny.embed)
-        assert decision.flagged
-        expected = tiny.generate(prompt, SamplingParams(max_new_tokens=12), decision.plan).text
+        screen = ForgetSetScreen(artifacts)
+        verdict = screen.screen(prompt, None, request_seed=0, embed=tiny.embed)
+        assert verdict.flagged
+        expected = tiny.generate(prompt, SamplingParams(max_new_tokens=12), verdict.plan).text
         response = client.post(
             "/v1/completions", json={"model": MODEL, "prompt": forget[1], "max_tokens": 12, "temperature": 0}
         )
@@ -532,7 +532,7 @@ def test_policies_without_prompt_embeds(
         # text: the selected tokens replaced by seeded random tokens, the text forwarded.
         messages = [{"role": "user", "content": forget[0]}]
         prompt = tiny.chat_prompt(messages)
-        plan = ForgetSetRouter(artifacts).route(prompt, messages, request_seed=0, embed=tiny.embed).plan
+        plan = ForgetSetScreen(artifacts).screen(prompt, messages, request_seed=0, embed=tiny.embed).plan
         vocabulary = replacement_vocabulary(tiny.embedder)
         ids = corrupt_token_ids(prompt, plan, vocabulary, None)
         assert ids == corrupt_token_ids(prompt, plan, vocabulary, None)

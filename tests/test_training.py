@@ -18,9 +18,9 @@ from lethe.benchmarks.authors_world import read_rows
 from lethe.classifier import ScopeClassifier, train_scope_classifier
 from lethe.runtime.artifact import ForgetSetArtifact
 from lethe.runtime.model import LanguageModel
-from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.runtime.screening import ForgetSetScreen
 from lethe.training.data import ForgetRow, TrainingDataError, TrainingError
-from lethe.training.metrics import EvalTarget, ks_test, score_rows, through_router, truth_ratios
+from lethe.training.metrics import EvalTarget, ks_test, score_rows, through_screen, truth_ratios
 from lethe.training.trainer import TrainConfig, TrainingCancelled, train_forget_set
 
 QUICK_ECO = {"eco.rounds": 2, "eco.steps_per_round": 2, "eco.grid": 4, "eco.search_rows": 16}
@@ -69,7 +69,7 @@ def test_eco_moves_truth_ratios_towards_the_never_trained_model(
 ) -> None:
     reference = _reference_ratios(tiny_retain, rows["forget"])
     before = truth_ratios(score_rows(EvalTarget(tiny_full), rows["forget"]))
-    target = through_router(tiny_full, ForgetSetRouter([eco_artifact]), request_seed=0)
+    target = through_screen(tiny_full, ForgetSetScreen([eco_artifact]), request_seed=0)
     after = truth_ratios(score_rows(target, rows["forget"]))
     ks_before, p_before = ks_test(before, reference)
     ks_after, p_after = ks_test(after, reference)
@@ -83,8 +83,8 @@ def test_artifact_round_trip_serves_the_same_scores(
     eco_artifact.save(tmp_path / "fs")
     loaded = ForgetSetArtifact.load(tmp_path / "fs", tiny_full.fingerprint, tiny_full.hidden_size)
     sample = rows["forget"][:6]
-    original = score_rows(through_router(tiny_full, ForgetSetRouter([eco_artifact])), sample)
-    again = score_rows(through_router(tiny_full, ForgetSetRouter([loaded])), sample)
+    original = score_rows(through_screen(tiny_full, ForgetSetScreen([eco_artifact])), sample)
+    again = score_rows(through_screen(tiny_full, ForgetSetScreen([loaded])), sample)
     assert [s.probability for s in original] == pytest.approx([s.probability for s in again], rel=1e-5)
 
 

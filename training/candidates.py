@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from lethe.runtime.artifact import ForgetSetArtifact, ForgetSetManifest, ForgetSetParameters
-from lethe.runtime.forget_set import plan_for_flag
 from lethe.runtime.interventions import InterventionPlan
+from lethe.runtime.plans import plan_for_flag
 from lethe.runtime.prompt import CharSpan, TemplatedPrompt
 
 if TYPE_CHECKING:

@@ -45,9 +45,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lethe.runtime.artifact import EcoParameters, ForgetSetParameters, TokenMode
-from lethe.runtime.forget_set import cluster_strength, intervention_mask, mean_masked_embedding
 from lethe.runtime.interventions import CORRUPTION_FUNCTIONS, CorruptionFunction
 from lethe.runtime.model import LanguageModel
+from lethe.runtime.plans import cluster_strength, intervention_mask, mean_masked_embedding
 from lethe.training.candidates import CandidateFactory
 from lethe.training.samples import ForgetSample, score_samples
 

@@ -1,7 +1,7 @@
 """TOFU-style unlearning metrics, computed the way open-unlearning computes them.
 
 Every metric takes an ``EvalTarget``: a ``LanguageModel`` plus an optional function that gives
-the intervention plan of each prompt (``through_router`` builds the one the gateway serves:
+the intervention plan of each prompt (``through_screen`` builds the one the gateway serves:
 classifier, then the forget sets' plans). The benchmark reuses these functions unchanged.
 
 - answer probability: ``exp(mean token log p(answer | question))`` per question;
@@ -31,7 +31,7 @@ from lethe.runtime.generation import SamplingParams
 from lethe.runtime.interventions import InterventionPlan
 from lethe.runtime.model import LanguageModel
 from lethe.runtime.prompt import TemplatedPrompt
-from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.runtime.screening import ForgetSetScreen
 from lethe.training.data import ForgetRow
 
 Messages = list[dict[str, str]]
@@ -63,12 +63,12 @@ def render_question(model: LanguageModel, question: str) -> tuple[TemplatedPromp
     return model.text_prompt(question), messages
 
 
-def through_router(model: LanguageModel, router: ForgetSetRouter, request_seed: int = 0) -> EvalTarget:
-    """The serve path: classify each prompt against the router's forget sets and apply their plans."""
+def through_screen(model: LanguageModel, screen: ForgetSetScreen, request_seed: int = 0) -> EvalTarget:
+    """The serve path: classify each prompt against the screen's forget sets and apply their plans."""
 
     def plan(prompt: TemplatedPrompt, messages: Messages) -> InterventionPlan | None:
-        decision = router.route(prompt, messages, request_seed, model.embed)
-        return decision.plan if decision.flagged else None
+        verdict = screen.screen(prompt, messages, request_seed, model.embed)
+        return verdict.plan if verdict.flagged else None
 
     return EvalTarget(model, plan)
 

@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from lethe.runtime.artifact import ForgetSetArtifact
 from lethe.runtime.generation import SamplingParams
 from lethe.runtime.model import LanguageModel
-from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.runtime.screening import ForgetSetScreen
 from lethe.training.data import ForgetRow, TrainingDataError
-from lethe.training.metrics import through_router
+from lethe.training.metrics import through_screen
 from lethe.training.progress import ProgressTracker
 from lethe.training.reveal import RevealConfig, Revealer, RevealResult
 
@@ -147,11 +147,11 @@ def train_topic_forget_set(
     for index in range(config.rounds):
         stage = f"train{index}"
         artifact = train(forget, retain, lambda f, m, s=stage: tracker.update(s, f, f"{s}: {m}"))
-        router = ForgetSetRouter([artifact])
+        screen = ForgetSetScreen([artifact])
         check = revealer_for(index + 1).reveal(
             topic,
             seed_prompts,
-            plan_for=through_router(model, router).plan_for,
+            plan_for=through_screen(model, screen).plan_for,
             progress=lambda f, s=f"check{index}": tracker.update(s, f, "re-reveal through the forget set"),
             cancel=cancel,
         )

@@ -2,7 +2,7 @@
 
 The base model's weights never change. Candidates are evaluated through
 ``runtime.forget_set.plan_for_flag`` (see ``training.candidates``), and the after-figures through
-``ForgetSetRouter``: the classifier decides, per prompt, whether the learned interventions apply,
+``ForgetSetScreen``: the classifier decides, per prompt, whether the learned interventions apply,
 exactly as in the gateway.
 
 Noise seeds while training are derived from a fixed training id (``lethe-train-<seed>``), so the
@@ -32,11 +32,11 @@ from lethe.runtime.artifact import (
     validate_id,
 )
 from lethe.runtime.model import LanguageModel
-from lethe.runtime.unlearning import ForgetSetRouter
+from lethe.runtime.screening import ForgetSetScreen
 from lethe.training.candidates import CandidateFactory
 from lethe.training.data import ForgetRow, TrainingDataError, TrainingError, parse_rows
 from lethe.training.eco import EcoConfig, train_eco
-from lethe.training.metrics import EvalTarget, RowScores, render_question, score_rows, split_summary, through_router
+from lethe.training.metrics import EvalTarget, RowScores, render_question, score_rows, split_summary, through_screen
 from lethe.training.progress import ProgressTracker, TrainingCancelled
 from lethe.training.samples import prepare_samples
 from lethe.training.scope import with_token_mode
@@ -257,7 +257,7 @@ def train_forget_set(
     metrics["classifier"] = classifier.calibration()
     if config.evaluate:
         with torch.no_grad():
-            target = through_router(model, ForgetSetRouter([final]), config.eval_request_seed)
+            target = through_screen(model, ForgetSetScreen([final]), config.eval_request_seed)
             metrics["after"] = _figures(target, forget_rows, retain_rows)
             metrics["flag_rate"] = _flag_rates(final, forget_rows, retain_rows)
             metrics["change"] = _changes(metrics["before"], metrics["after"])
@@ -323,11 +323,11 @@ def _ratios(scores: Sequence[RowScores]) -> list[float | None]:
 
 
 def _flag_rates(artifact: ForgetSetArtifact, forget: list[ForgetRow], retain: list[ForgetRow]) -> dict[str, float]:
-    router = ForgetSetRouter([artifact])
+    screen = ForgetSetScreen([artifact])
     out = {}
     for split, rows in (("forget", forget), ("retain", retain)):
         if rows:
-            flags = [bool(router.classify([{"role": "user", "content": r.prompt}])) for r in rows]
+            flags = [bool(screen.classify([{"role": "user", "content": r.prompt}])) for r in rows]
             out[split] = float(np.mean(flags))
     return out
 

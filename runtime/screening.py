@@ -1,4 +1,4 @@
-"""The unlearning step of every request: classify against the enabled forget sets, build the plan.
+"""The screening step of every request: classify against the enabled forget sets, build the plan.
 
 Shared by ``lethe generate``, the gateway (local and proxy modes) and the trainer's
 evaluation, so a forget set behaves the same wherever it is applied.
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from lethe.runtime.artifact import ForgetSetArtifact
-from lethe.runtime.forget_set import compose_plans, plan_for_flag
 from lethe.runtime.interventions import NO_INTERVENTION, InterventionPlan
+from lethe.runtime.plans import compose_plans, plan_for_flag
 from lethe.runtime.prompt import TemplatedPrompt
 
 if TYPE_CHECKING:
@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class RoutingDecision:
-    """Which forget sets flagged a request and the composed plan to apply."""
+class Verdict:
+    """The screen's verdict on a request: which forget sets flagged it and the composed plan to apply."""
 
     flags: list[ScopeFlag] = field(default_factory=list)
     plan: InterventionPlan = NO_INTERVENTION
@@ -42,7 +42,7 @@ class RoutingDecision:
         return [flag.forget_set_id for flag in self.flags]
 
 
-class ForgetSetRouter:
+class ForgetSetScreen:
     """Holds the enabled forget sets; swaps them atomically so requests never see a half update."""
 
     def __init__(self, artifacts: Iterable[ForgetSetArtifact] = ()):
@@ -50,7 +50,7 @@ class ForgetSetRouter:
         self._sets: Mapping[str, ForgetSetArtifact] = {a.id: a for a in artifacts}
 
     @classmethod
-    def from_folders(cls, folders: Iterable[Path | str], embedder: PromptEmbedder) -> ForgetSetRouter:
+    def from_folders(cls, folders: Iterable[Path | str], embedder: PromptEmbedder) -> ForgetSetScreen:
         """Load artifact folders, refusing any trained for another base model."""
         return cls(ForgetSetArtifact.load(Path(f), embedder.fingerprint, embedder.hidden_size) for f in folders)
 
@@ -81,19 +81,19 @@ class ForgetSetRouter:
             return classify_messages(classifiers, [dict(m) for m in messages])
         return classify_text(classifiers, text or "")
 
-    def route(
+    def screen(
         self,
         prompt: TemplatedPrompt,
         messages: Sequence[Mapping[str, object]] | None,
         request_seed: int,
         embed: Callable[[Sequence[int]], torch.Tensor] | None = None,
-    ) -> RoutingDecision:
+    ) -> Verdict:
         """Classify a rendered request and compose the plans of every flagging forget set."""
         sets = self._sets
         flags = self.classify(messages, None if messages is not None else prompt.text)
         if not flags:
-            return RoutingDecision()
+            return Verdict()
         needs_embeds = any(sets[f.forget_set_id].cluster_centroids is not None for f in flags)
         embeds = embed(prompt.ids) if needs_embeds and embed is not None else None
         plans = [plan_for_flag(sets[f.forget_set_id], prompt, f.spans, request_seed, embeds) for f in flags]
-        return RoutingDecision(flags, compose_plans(plans))
+        return Verdict(flags, compose_plans(plans))
