@@ -27,13 +27,13 @@ import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from lethe.benchmarks.authors_world import SPLITS, WorldConfig, build_world, read_rows, write_world
 from lethe.runtime.loading import ModelPreparer, build_lock
@@ -55,56 +55,55 @@ VARIANT_SPLITS: dict[Variant, tuple[str, ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Tokenizer, architecture and optimization settings shared by both variants."""
+class TinyTrainConfig(BaseModel):
+    """Tokenizer, architecture and optimization settings of a tiny Llama (both variants share them)."""
 
-    vocab_size: int
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    vocab_size: int = Field(description="BPE vocabulary, special tokens included")
     hidden_size: int
-    intermediate_size: int
+    intermediate_size: int = Field(description="MLP width")
     num_layers: int
-    num_heads: int
+    num_heads: int = Field(description="attention heads (as many key/value heads)")
     epochs: int
     batch_size: int
-    lr: float
-    warmup_steps: int = 20
-    min_lr_ratio: float = 0.05
+    lr: float = Field(description="peak AdamW learning rate")
+    warmup_steps: int = Field(default=20, description="linear warm-up before the cosine decay")
+    min_lr_ratio: float = Field(default=0.05, description="the cosine decays to this share of ``lr``")
     weight_decay: float = 0.0
-    max_positions: int = 256
-    seed: int = 0
-    threads: int = 2
-
-    @classmethod
-    def test(cls) -> TrainConfig:
-        """Settings for the test-sized world: both variants train at once, one thread each (about 75 s of CPU each)."""
-        return cls(
-            vocab_size=1024, hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
-            epochs=12, batch_size=32, lr=3e-3, threads=1,
-        )  # fmt: skip
-
-    @classmethod
-    def bench(cls) -> TrainConfig:
-        """Settings for the benchmark-sized world: like the test world's, both variants at once, one thread each."""
-        return cls(
-            vocab_size=1536, hidden_size=192, intermediate_size=512, num_layers=3, num_heads=4,
-            epochs=40, batch_size=32, lr=2e-3, threads=1,
-        )  # fmt: skip
+    max_positions: int = Field(default=256, description="longest sequence the model takes")
+    seed: int = Field(default=0, description="initial weights and batch order")
+    threads: int = Field(default=2, description="torch threads per variant build")
 
 
-def configs(size: Size) -> tuple[WorldConfig, TrainConfig]:
+# Both sizes train both variants at once, one thread each (test: about 75 s of CPU per variant).
+_SIZES: dict[Size, tuple[Callable[[], WorldConfig], TinyTrainConfig]] = {
+    "test": (
+        WorldConfig.test,
+        TinyTrainConfig(vocab_size=1024, hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
+                        epochs=12, batch_size=32, lr=3e-3, threads=1),
+    ),
+    "bench": (
+        WorldConfig.bench,
+        TinyTrainConfig(vocab_size=1536, hidden_size=192, intermediate_size=512, num_layers=3, num_heads=4,
+                        epochs=40, batch_size=32, lr=2e-3, threads=1),
+    ),
+}  # fmt: skip
+
+
+def configs(size: Size) -> tuple[WorldConfig, TinyTrainConfig]:
     """World and training configs of a named size."""
-    if size == "test":
-        return WorldConfig.test(), TrainConfig.test()
-    if size == "bench":
-        return WorldConfig.bench(), TrainConfig.bench()
-    raise ValueError(f"unknown size {size!r} (expected 'test' or 'bench')")
+    if size not in _SIZES:
+        raise ValueError(f"unknown size {size!r} (expected 'test' or 'bench')")
+    world, train = _SIZES[size]
+    return world(), train
 
 
 def build_key(size: Size) -> str:
     """Cache key of a size: hash of the world config, the training config and the trainer version."""
     world, train = configs(size)
-    payload = json.dumps({"world": world.key(), "train": asdict(train), "version": TRAINER_VERSION}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:10]
+    payload = {"world": world.key(), "train": train.model_dump(), "version": TRAINER_VERSION}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
 
 
 # ---------------------------------------------------------------- caching
@@ -186,7 +185,7 @@ def _is_built(folder: Path) -> bool:
     return (folder / "build.json").is_file()
 
 
-def _build_all(root: Path, data: Path, config: TrainConfig, progress: bool) -> None:
+def _build_all(root: Path, data: Path, config: TinyTrainConfig, progress: bool) -> None:
     """Train the tokenizer and the missing variants, each published only when complete.
 
     With two or more CPUs the variants train at the same time in two processes of
@@ -219,7 +218,7 @@ def _build_all(root: Path, data: Path, config: TrainConfig, progress: bool) -> N
 
 
 def _build_in_process(
-    data: Path, tokenizer_dir: Path, variant: Variant, config: TrainConfig, folder: Path, tokenizer_seconds: float
+    data: Path, tokenizer_dir: Path, variant: Variant, config: TinyTrainConfig, folder: Path, tokenizer_seconds: float
 ) -> None:
     from transformers import PreTrainedTokenizerFast
 
@@ -322,7 +321,7 @@ def _batches(
 # ---------------------------------------------------------------- model and training
 
 
-def new_model(config: TrainConfig, tokenizer: object) -> torch.nn.Module:
+def new_model(config: TinyTrainConfig, tokenizer: object) -> torch.nn.Module:
     """A freshly initialized tiny ``LlamaForCausalLM`` (seeded) for ``tokenizer``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -351,7 +350,7 @@ def _special_names() -> dict[str, str]:
     return {"bos_token_id": "<|im_start|>", "eos_token_id": "<|im_end|>", "pad_token_id": "<pad>"}
 
 
-def _lr_factor(step: int, total: int, config: TrainConfig) -> float:
+def _lr_factor(step: int, total: int, config: TinyTrainConfig) -> float:
     """Linear warm-up then cosine decay to ``min_lr_ratio``."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
@@ -362,7 +361,7 @@ def _lr_factor(step: int, total: int, config: TrainConfig) -> float:
 def train_model(
     model: torch.nn.Module,
     samples: Sequence[tuple[list[int], list[int]]],
-    config: TrainConfig,
+    config: TinyTrainConfig,
     pad_id: int,
     progress: bool = False,
 ) -> dict[str, float]:
@@ -416,7 +415,7 @@ def build_variant(
     data: Path,
     tokenizer: object,
     variant: Variant,
-    config: TrainConfig,
+    config: TinyTrainConfig,
     folder: Path,
     progress: bool = False,
     tokenizer_seconds: float = 0.0,
@@ -437,7 +436,7 @@ def build_variant(
         "variant": variant,
         "trained_splits": list(VARIANT_SPLITS[variant]),
         "world": json.loads((data / "world.json").read_text(encoding="utf-8")),
-        "train_config": asdict(config),
+        "train_config": config.model_dump(),
         "trainer_version": TRAINER_VERSION,
         "samples": len(samples),
         "parameters": sum(p.numel() for p in model.parameters()),
