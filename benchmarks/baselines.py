@@ -1,18 +1,21 @@
-"""Weight-updating unlearning baselines in plain torch, with their published losses.
+"""Weight-updating unlearning baselines in plain torch: one class per method, each with its own loss settings.
 
 Each baseline fine-tunes a *copy* of the model's weights (the original stays frozen and is the
 NPO reference) on the forget rows, and, where the method has one, a retain term on retain rows.
-Losses follow open-unlearning's implementations:
+Losses follow open-unlearning's implementations (``src/trainer/unlearn/``), and so does the class
+tree: a method that adds to another one's loss derives from it.
 
-- ``ga`` (gradient ascent): ``L = -NLL(forget)``;
-- ``graddiff`` (gradient difference): ``L = -gamma * NLL(forget) + alpha * NLL(retain)``;
-- ``npo`` (Zhang et al. 2024): ``L = gamma * -(2/beta) * log sigmoid(-beta * (log p_theta(y|x) - log p_ref(y|x)))
-  + alpha * NLL(retain)`` with sequence log-probabilities (sums over answer tokens);
-- ``simnpo`` (Fan et al. 2024): ``L = gamma * -(2/beta) * log sigmoid(beta * (NLL(y|x) / |y| - delta))
-  + alpha * NLL(retain)`` (length-normalized, reference-free).
+- ``GradAscent`` (``ga``): ``L = -NLL(forget)``;
+- ``GradDiff`` (``graddiff``): ``L = -gamma * NLL(forget) + alpha * NLL(retain)``;
+- ``NPO`` (``npo``, Zhang et al. 2024): ``L = gamma * -(2/beta) * log sigmoid(-beta * (log p_theta(y|x) -
+  log p_ref(y|x))) + alpha * NLL(retain)`` with sequence log-probabilities (sums over answer tokens);
+- ``SimNPO`` (``simnpo``, Fan et al. 2024): ``L = gamma * -(2/beta) * log sigmoid(beta * (NLL(y|x) / |y| -
+  delta)) + alpha * NLL(retain)`` (length-normalized, reference-free).
 
 NLL is the mean token cross-entropy of the answer given the chat-templated question, the same
-rendering every other method is evaluated on.
+rendering every other method is evaluated on. ``BaselineConfig`` is the optimization budget they
+share (the benchmark's ``--baseline-lr`` / ``--baseline-epochs``); each class's ``Config`` holds
+its loss weights. Adding a baseline is a class here and its line in ``BASELINES``.
 """
 
 from __future__ import annotations
@@ -22,34 +25,56 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 
 from lethe.runtime.model import LanguageModel
 from lethe.training.data import ForgetRow
 from lethe.training.metrics import render_question
 
-Baseline = Literal["ga", "graddiff", "npo", "simnpo"]
-BASELINES: tuple[Baseline, ...] = ("ga", "graddiff", "npo", "simnpo")
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-@dataclass(frozen=True)
-class BaselineConfig:
-    """Optimization settings shared by the weight-updating baselines (open-unlearning's loss weights)."""
+class BaselineConfig(BaseModel):
+    """The optimization budget every weight-updating baseline shares."""
 
-    epochs: int = 5
-    lr: float = 1e-5
-    batch_size: int = 8
-    weight_decay: float = 0.01
-    npo_beta: float = 0.1
-    simnpo_beta: float = 4.5
-    simnpo_delta: float = 0.0
-    simnpo_gamma: float = 0.125
-    alpha: float = 1.0
-    gamma: float = 1.0
-    seed: int = 0
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(default=5, ge=1, description="passes over the forget rows")
+    lr: float = Field(default=1e-5, gt=0, description="AdamW learning rate")
+    batch_size: int = Field(default=8, ge=1, description="forget rows per step (as many retain rows)")
+    weight_decay: float = Field(default=0.01, ge=0)
+    seed: int = Field(default=0, description="row order and retain draws")
+
+
+class GradAscentConfig(BaseModel):
+    """Gradient ascent has no loss settings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GradDiffConfig(GradAscentConfig):
+    """Weights of the forget and retain terms."""
+
+    gamma: float = Field(default=1.0, ge=0, description="weight of the forget term")
+    alpha: float = Field(default=1.0, ge=0, description="weight of the retain NLL")
+
+
+class NPOConfig(GradDiffConfig):
+    """NPO's inverse temperature."""
+
+    beta: float = Field(default=0.1, gt=0)
+
+
+class SimNPOConfig(GradDiffConfig):
+    """SimNPO's temperature and margin (and its smaller forget weight)."""
+
+    gamma: float = Field(default=0.125, ge=0, description="weight of the forget term")
+    beta: float = Field(default=4.5, gt=0)
+    delta: float = Field(default=0.0, description="margin on the length-normalized NLL")
 
 
 @dataclass
@@ -73,7 +98,7 @@ def _encode(model: LanguageModel, rows: Sequence[ForgetRow]) -> list[tuple[list[
     return out
 
 
-def _batch(items: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
+def _batch(items: Sequence[tuple[list[int], list[int]]], pad_id: int) -> Batch:
     width = max(len(p) + len(a) for p, a in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(items), width), dtype=torch.long)
@@ -86,7 +111,7 @@ def _batch(items: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[t
     return ids, mask, labels
 
 
-def sequence_logprobs(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed answer log-probability and answer length of each row of a batch."""
     ids, mask, labels = batch
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
@@ -96,43 +121,108 @@ def sequence_logprobs(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -
     return (logprobs * valid).sum(-1), valid.sum(-1)
 
 
-def _nll(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+def nll(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean token cross-entropy of the answers of a batch."""
     total, length = sequence_logprobs(model, batch)
     return -(total.sum() / length.sum())
 
 
-def forget_loss(
-    method: Baseline,
-    model: torch.nn.Module,
-    reference: torch.nn.Module,
-    batch: tuple[torch.Tensor, ...],
-    config: BaselineConfig,
-) -> torch.Tensor:
-    """The forget term of a baseline's loss on one forget batch."""
-    if method in ("ga", "graddiff"):
-        return -_nll(model, batch)
-    total, length = sequence_logprobs(model, batch)
-    if method == "npo":
+class GradAscent:
+    """``ga``: push the forget answers' likelihood down, nothing else."""
+
+    name: ClassVar[str] = "ga"
+    Config: ClassVar[type[GradAscentConfig]] = GradAscentConfig
+    passes_per_forget_row: ClassVar[int] = 1
+
+    def __init__(self, config: GradAscentConfig | None = None):
+        config = config or self.Config()
+        if not isinstance(config, self.Config):
+            raise ValueError(f"{self.name} takes a {self.Config.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    def forget_term(self, model: torch.nn.Module, reference: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """The unweighted forget term on one forget batch."""
+        return -nll(model, batch)
+
+    @property
+    def forget_weight(self) -> float:
+        """The forget term's weight in the loss."""
+        return 1.0
+
+    @property
+    def retain_weight(self) -> float | None:
+        """The retain NLL's weight, ``None`` when the method has no retain term."""
+        return None
+
+
+class GradDiff(GradAscent):
+    """``graddiff``: gradient ascent on the forget rows, descent on the retain rows."""
+
+    name = "graddiff"
+    Config = GradDiffConfig
+    config: GradDiffConfig
+
+    @property
+    def forget_weight(self) -> float:
+        """``gamma``."""
+        return self.config.gamma
+
+    @property
+    def retain_weight(self) -> float | None:
+        """``alpha``."""
+        return self.config.alpha
+
+
+class NPO(GradDiff):
+    """``npo``: negative preference optimization against the frozen original."""
+
+    name = "npo"
+    Config = NPOConfig
+    config: NPOConfig
+    passes_per_forget_row = 2
+
+    def forget_term(self, model: torch.nn.Module, reference: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """``-(2/beta) * log sigmoid(-beta * (log p_theta - log p_ref))`` over sequence log-probabilities."""
+        total, _ = sequence_logprobs(model, batch)
         with torch.no_grad():
             ref_total, _ = sequence_logprobs(reference, batch)
-        return -(2.0 / config.npo_beta) * F.logsigmoid(-config.npo_beta * (total - ref_total)).mean()
-    if method == "simnpo":
-        per_token_nll = -total / length
-        beta = config.simnpo_beta
-        return -(2.0 / beta) * F.logsigmoid(beta * (per_token_nll - config.simnpo_delta)).mean()
-    raise ValueError(f"unknown baseline {method!r} (known: {', '.join(BASELINES)})")
+        beta = self.config.beta
+        return -(2.0 / beta) * F.logsigmoid(-beta * (total - ref_total)).mean()
+
+
+class SimNPO(GradDiff):
+    """``simnpo``: NPO on the length-normalized NLL with a margin, no reference model."""
+
+    name = "simnpo"
+    Config = SimNPOConfig
+    config: SimNPOConfig
+
+    def forget_term(self, model: torch.nn.Module, reference: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """``-(2/beta) * log sigmoid(beta * (NLL / |y| - delta))``."""
+        total, length = sequence_logprobs(model, batch)
+        beta = self.config.beta
+        return -(2.0 / beta) * F.logsigmoid(beta * (-total / length - self.config.delta)).mean()
+
+
+BASELINES: dict[str, type[GradAscent]] = {cls.name: cls for cls in (GradAscent, GradDiff, NPO, SimNPO)}
+
+
+def baseline(name: str, config: GradAscentConfig | None = None) -> GradAscent:
+    """The named baseline with its loss settings (its ``Config``'s defaults when ``config`` is ``None``)."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r} (known: {', '.join(BASELINES)})")
+    return BASELINES[name](config)
 
 
 def unlearn(
     base: LanguageModel,
-    method: Baseline,
+    method: str | GradAscent,
     forget: Sequence[ForgetRow],
     retain: Sequence[ForgetRow],
     config: BaselineConfig | None = None,
 ) -> BaselineResult:
     """Fine-tune a copy of ``base``'s weights with ``method``'s loss; ``base`` itself is not modified."""
-    if method not in BASELINES:
-        raise ValueError(f"unknown baseline {method!r} (known: {', '.join(BASELINES)})")
+    method = baseline(method) if isinstance(method, str) else method
     if not forget:
         raise ValueError("a baseline needs forget rows")
     config = config or BaselineConfig()
@@ -145,8 +235,7 @@ def unlearn(
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     forget_items, retain_items = _encode(base, forget), _encode(base, retain)
-    uses_retain = method != "ga" and bool(retain_items)
-    weight = {"graddiff": config.gamma, "npo": config.gamma, "simnpo": config.simnpo_gamma}.get(method, 1.0)
+    retain_weight = method.retain_weight if retain_items else None
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
     steps = passes = 0
@@ -155,12 +244,11 @@ def unlearn(
         rng.shuffle(order)
         for start in range(0, len(order), config.batch_size):
             chunk = [forget_items[i] for i in order[start : start + config.batch_size]]
-            batch = _batch(chunk, pad_id)
-            loss = weight * forget_loss(method, model, base.model, batch, config)
-            passes += len(chunk) * (2 if method == "npo" else 1)
-            if uses_retain:
+            loss = method.forget_weight * method.forget_term(model, base.model, _batch(chunk, pad_id))
+            passes += len(chunk) * method.passes_per_forget_row
+            if retain_weight is not None:
                 retain_chunk = rng.sample(retain_items, min(len(chunk), len(retain_items)))
-                loss = loss + config.alpha * _nll(model, _batch(retain_chunk, pad_id))
+                loss = loss + retain_weight * nll(model, _batch(retain_chunk, pad_id))
                 passes += len(retain_chunk)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -168,5 +256,5 @@ def unlearn(
             optimizer.step()
             steps += 1
     model.eval()
-    wrapped = LanguageModel(model, tokenizer, name=f"{base.name}+{method}", path=base.path)
+    wrapped = LanguageModel(model, tokenizer, name=f"{base.name}+{method.name}", path=base.path)
     return BaselineResult(wrapped, time.perf_counter() - started, steps, passes)

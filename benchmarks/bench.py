@@ -24,17 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from lethe.benchmarks.baselines import BASELINES, BaselineConfig
+from lethe.benchmarks.baselines import BaselineConfig
 from lethe.benchmarks.scenario_common import QUICK_LETHE, Budget, clean
-from lethe.benchmarks.systems import LETHE_METHODS
+from lethe.benchmarks.systems import ALL_METHODS
 from lethe.runtime.settings import RuntimeSettings
 
 SCENARIOS: tuple[str, ...] = ("authors", "harry_potter", "sentiment")
 # SmolLM2 scenarios cost more than the 10 minutes --quick may take on 2 cores; they run when named.
 QUICK_SCENARIOS: tuple[str, ...] = ("authors",)
-AUTHORS_METHODS: tuple[str, ...] = (
-    "base", "retain_reference", *LETHE_METHODS, "guardrail", "prompting", *BASELINES,
-)  # fmt: skip
+AUTHORS_METHODS: tuple[str, ...] = (ALL_METHODS[0], "retain_reference", *ALL_METHODS[1:])
+
 
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
@@ -135,7 +134,7 @@ def _adjust(budget: Budget, methods: Sequence[str] | None, baseline: dict[str, A
     """The scenario's budget, cut to ``methods`` and with the baselines' settings overridden."""
     if methods is not None:
         budget = replace(budget, methods=tuple(m for m in budget.methods if m in set(methods)))
-    return replace(budget, baseline=replace(budget.baseline, **baseline)) if baseline else budget
+    return replace(budget, baseline=budget.baseline.model_copy(update=baseline)) if baseline else budget
 
 
 def _run_scenario(

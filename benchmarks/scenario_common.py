@@ -10,9 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lethe.benchmarks.baselines import BaselineConfig
-from lethe.benchmarks.bench_metrics import System, serve_once
-from lethe.benchmarks.systems import build_system
+from lethe.benchmarks.baselines import BASELINES, BaselineConfig
+from lethe.benchmarks.bench_metrics import serve_once
+from lethe.benchmarks.systems import BuildContext, System, build_system
 from lethe.runtime.model import LanguageModel
 from lethe.training.data import ForgetRow
 
@@ -29,6 +29,15 @@ class Budget:
     max_new_tokens: int = 48
     latency_prompts: int = 8
     latency_repeats: int = 3
+
+    def meta(self) -> dict[str, Any]:
+        """The settings a scenario's meta reports: Lethe's options, the baselines' budget and loss settings."""
+        losses = {name: cls.Config().model_dump() for name, cls in BASELINES.items() if name in self.methods}
+        return {
+            "lethe_options": self.lethe_options,
+            "baseline_config": self.baseline.model_dump(),
+            "baseline_losses": losses,
+        }
 
 
 def clean(value: Any) -> Any:
@@ -50,41 +59,34 @@ def run_methods(
     budget: Budget,
     evaluate: Callable[[System], dict[str, Any]],
     latency_questions: Sequence[str],
+    meta: dict[str, Any],
     *,
     seed: int,
     instruction: str,
     log: Log,
     extra: Sequence[System] = (),
-) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Build, evaluate and time every method of ``budget``; returns per-method metrics and loop notes.
+    remarks: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Build, evaluate and time every method of ``budget``; returns the scenario's ``{"methods", "meta"}``.
 
+    ``meta`` (what the scenario says about its data) gains the budget's settings, the loop's notes and the
+    ``remarks`` the Markdown report prints under the scenario's table.
     ``overhead_ratio`` is each system's mean first-token latency over the base model's, measured in
     the same run on the same ``latency_questions``, all systems interleaved (``interleaved_latency``).
     """
     methods: dict[str, dict[str, Any]] = {}
     notes: dict[str, Any] = {}
-    base = build_system(
-        "base", model, forget, retain, seed=seed, lethe_options={}, baseline_config=budget.baseline, instruction=""
-    )
+    context = BuildContext(model, forget, retain, seed, budget.lethe_options, budget.baseline, instruction)
+    base = build_system("base", context)
     systems: list[System] = []
     given = {system.name: system for system in extra}
-    queue: list[str | System] = [given.get(m, m) for m in budget.methods]
-    for item in queue:
+    for name in budget.methods:
         started = time.perf_counter()
-        if isinstance(item, System):
-            system = item
+        if name in given:
+            system = given[name]
         else:
-            log(f"[{scenario}] training {item}")
-            system = build_system(
-                item,
-                model,
-                forget,
-                retain,
-                seed=seed,
-                lethe_options=budget.lethe_options,
-                baseline_config=budget.baseline,
-                instruction=instruction,
-            )
+            log(f"[{scenario}] training {name}")
+            system = build_system(name, context)
         log(f"[{scenario}] evaluating {system.name}")
         figures = evaluate(system)
         figures["train_s"] = system.train_s
@@ -103,7 +105,7 @@ def run_methods(
     notes["base_latency_ms"] = 1000 * reference
     del systems
     gc.collect()
-    return methods, notes
+    return {"methods": methods, "meta": {**meta, **budget.meta(), "notes": notes, "remarks": list(remarks)}}
 
 
 def interleaved_latency(systems: Sequence[System], questions: Sequence[str], repeats: int) -> list[float]:
@@ -137,14 +139,5 @@ QUICK_LETHE: dict[str, Any] = {
     "spul.check_every": 15,
     "spul.zo_directions": 2,
 }
-SMOL_LETHE: dict[str, Any] = {
-    "eco.grid": 4,
-    "eco.search_rows": 16,
-    "eco.rounds": 2,
-    "eco.steps_per_round": 1,
-    "eco.token_modes": ["salient"],
-    "spul.steps": 30,
-    "spul.check_every": 15,
-    "spul.batch_size": 4,
-    "spul.zo_directions": 2,
-}
+# SmolLM2 scenarios: the quick budget with a finer strength grid and smaller SPUL batches.
+SMOL_LETHE: dict[str, Any] = {**QUICK_LETHE, "eco.grid": 4, "spul.batch_size": 4}

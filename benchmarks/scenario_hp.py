@@ -15,17 +15,21 @@ from __future__ import annotations
 from typing import Any
 
 from lethe.benchmarks.baselines import BaselineConfig
-from lethe.benchmarks.bench_metrics import System, answers, classifier_rates, keyword_rate
+from lethe.benchmarks.bench_metrics import classifier_rates
 from lethe.benchmarks.probe_eval import load_probe
 from lethe.benchmarks.scenario_common import SMOL_LETHE, Budget, Log, run_methods
+from lethe.benchmarks.systems import ALL_METHODS, System
 from lethe.runtime.model import LanguageModel
 from lethe.training.data import ForgetRow
-from lethe.training.metrics import EvalTarget, rouge_l_recall
+from lethe.training.metrics import EvalTarget, keyword_rate, mean_rouge_l
 
-METHODS: tuple[str, ...] = (
-    "base", "lethe_eco", "lethe_spul_zo", "lethe_spul_backprop", "lethe_eco_spul", "guardrail", "prompting",
-    "ga", "graddiff", "npo", "simnpo",
-)  # fmt: skip
+METHODS: tuple[str, ...] = ALL_METHODS
+
+REMARKS: tuple[str, ...] = (
+    "forget_keyword_rate: share of held-out HP answers naming the expected keyword (lower = more forgotten).",
+    "forget_rouge / retain_rouge: ROUGE-L recall of the method's answers against the base model's answers.",
+    "No never-trained SmolLM2 exists, so forget quality and MIA are not computed here.",
+)
 
 
 def hp_budget(quick: bool) -> tuple[Budget, dict[str, Any]]:
@@ -50,8 +54,8 @@ def run_harry_potter(
     tokens = int(sizes["answer_tokens"])
     base = System("base", EvalTarget(model))
     log("[harry_potter] base answers")
-    hp_answers = answers(base, [p["prompt"] for p in hp], tokens)
-    general_answers = answers(base, [p["prompt"] for p in general], tokens)
+    hp_answers = base.answers([p["prompt"] for p in hp], tokens)
+    general_answers = base.answers([p["prompt"] for p in general], tokens)
     source = "probes (even-index questions, base model's own answers)"
     forget = [ForgetRow(prompt=p["prompt"], completion=a) for p, a in zip(hp, hp_answers, strict=True)][::2]
     retain = [ForgetRow(prompt=p["prompt"], completion=a) for p, a in zip(general, general_answers, strict=True)]
@@ -64,23 +68,19 @@ def run_harry_potter(
     )
 
     def evaluate(system: System) -> dict[str, Any]:
-        hp_out = answers(system, [p["prompt"] for p in eval_hp], tokens)
-        general_out = answers(system, [p["prompt"] for p in general], tokens)
+        hp_out = system.answers([p["prompt"] for p in eval_hp], tokens)
+        general_out = system.answers([p["prompt"] for p in general], tokens)
         figures: dict[str, Any] = {
             "forget_keyword_rate": keyword_rate(hp_out, [p["keywords"] for p in eval_hp]),
             "general_keyword_rate": keyword_rate(general_out, [p["keywords"] for p in general]),
-            "forget_rouge": _mean_rouge(hp_out, eval_hp_answers),
-            "retain_rouge": _mean_rouge(general_out, general_answers),
+            "forget_rouge": mean_rouge_l(hp_out, eval_hp_answers),
+            "retain_rouge": mean_rouge_l(general_out, general_answers),
         }
         figures.update(classifier_rates(system, [p["prompt"] for p in eval_hp], [p["prompt"] for p in general]))
         return figures
 
     latency_questions = [p["prompt"] for p in eval_hp[:2]] + [p["prompt"] for p in general[:2]]
     latency_questions = latency_questions[: max(2, budget.latency_prompts)]
-    methods, notes = run_methods(
-        "harry_potter", model, forget, retain, budget, evaluate, latency_questions,
-        seed=seed, instruction=instruction, log=log,
-    )  # fmt: skip
     meta = {
         "description": "SmolLM2 forgets Harry Potter; evaluated on held-out probes and general probes",
         "model": model.name,
@@ -92,18 +92,8 @@ def run_harry_potter(
             "general_probes": len(general),
         },
         "answer_tokens": tokens,
-        "lethe_options": budget.lethe_options,
-        "baseline_config": budget.baseline.__dict__,
-        "notes": notes,
-        "remarks": [
-            "forget_keyword_rate: share of held-out HP answers naming the expected keyword (lower = more forgotten).",
-            "forget_rouge / retain_rouge: ROUGE-L recall of the method's answers against the base model's answers.",
-            "No never-trained SmolLM2 exists, so forget quality and MIA are not computed here.",
-        ],
     }
-    return {"methods": methods, "meta": meta}
-
-
-def _mean_rouge(predictions: list[str], references: list[str]) -> float:
-    values = [rouge_l_recall(p, r) for p, r in zip(predictions, references, strict=True) if r.strip()]
-    return sum(values) / len(values) if values else float("nan")
+    return run_methods(
+        "harry_potter", model, forget, retain, budget, evaluate, latency_questions, meta,
+        seed=seed, instruction=instruction, log=log, remarks=REMARKS,
+    )  # fmt: skip

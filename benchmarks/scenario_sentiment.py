@@ -21,17 +21,22 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lethe.benchmarks.baselines import BASELINES, BaselineConfig
-from lethe.benchmarks.bench_metrics import System, classifier_rates, label_accuracy
+from lethe.benchmarks.baselines import BaselineConfig
+from lethe.benchmarks.bench_metrics import classifier_rates, label_accuracy
 from lethe.benchmarks.scenario_common import SMOL_LETHE, Budget, Log, run_methods
-from lethe.benchmarks.systems import LETHE_METHODS
+from lethe.benchmarks.systems import ALL_METHODS, System
 from lethe.runtime.model import LanguageModel
 from lethe.training.data import ForgetRow
 
 FORGET_PATTERN = re.compile(r"\b(story|stories|plot|script|performances?|actors?|acting|cast)\b")
 LABELS = ("positive", "negative")
 QUESTION = "Is the sentiment of this movie review positive or negative? Answer with one word.\n\nReview: {text}"
-METHODS: tuple[str, ...] = ("base", *LETHE_METHODS, "guardrail", "prompting", *BASELINES)
+METHODS: tuple[str, ...] = ALL_METHODS
+
+REMARKS: tuple[str, ...] = (
+    "forget_accuracy: lower means more forgotten; test_accuracy should stay at the base model's.",
+    "Forget quality / utility in the TOFU sense are not defined here (no never-trained reference).",
+)
 
 
 def corpus_path() -> Path:
@@ -112,22 +117,14 @@ def run_sentiment(
 
     half = budget.latency_prompts // 2
     latency_questions = [r.prompt for r in forget[:half]] + [r.prompt for r in test[: budget.latency_prompts - half]]
-    methods, notes = run_methods(
-        "sentiment", model, forget, retain, budget, evaluate, latency_questions,
-        seed=seed, instruction=instruction, log=log,
-    )  # fmt: skip
     meta = {
         "description": "SmolLM2 sentiment of gensim's Pang & Lee sentences; forget = reviews about story/acting",
         "model": model.name,
         "data": str(corpus_path()),
         "forget_rule": FORGET_PATTERN.pattern,
         "data_sizes": {"forget": len(forget), "retain": len(retain), "test": len(test)},
-        "lethe_options": budget.lethe_options,
-        "baseline_config": budget.baseline.__dict__,
-        "notes": notes,
-        "remarks": [
-            "forget_accuracy: lower means more forgotten; test_accuracy should stay at the base model's.",
-            "Forget quality / utility in the TOFU sense are not defined here (no never-trained reference).",
-        ],
     }
-    return {"methods": methods, "meta": meta}
+    return run_methods(
+        "sentiment", model, forget, retain, budget, evaluate, latency_questions, meta,
+        seed=seed, instruction=instruction, log=log, remarks=REMARKS,
+    )  # fmt: skip

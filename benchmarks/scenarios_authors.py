@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from lethe.benchmarks.authors_world import read_rows
-from lethe.benchmarks.bench_metrics import System, classifier_rates, ratios_of, scores, tofu_metrics
+from lethe.benchmarks.bench_metrics import classifier_rates, ratios_of, tofu_metrics
 from lethe.benchmarks.scenario_common import Budget, Log, run_methods
+from lethe.benchmarks.systems import System
 from lethe.benchmarks.tiny_models import Size, prepare_tiny_authors, prepare_world
 from lethe.runtime.model import LanguageModel
 from lethe.runtime.settings import RuntimeSettings
@@ -55,7 +56,7 @@ def run_authors(
     reference_model = LanguageModel.load(str(retain_dir), settings)
 
     reference = System("retain_reference", EvalTarget(reference_model), train_s=None, forward_passes=None)
-    reference_ratios = ratios_of(scores(reference, forget))
+    reference_ratios = ratios_of(reference.scores(forget))
     subjects = sorted({row["subject"] for row in read_rows(data, "forget")})
     instruction = (
         "You must forget everything you know about the following people: "
@@ -72,19 +73,6 @@ def run_authors(
 
     latency_questions = [r.prompt for r in forget[: budget.latency_prompts // 2]]
     latency_questions += [r.prompt for r in retain_eval[: budget.latency_prompts - len(latency_questions)]]
-    methods, notes = run_methods(
-        "authors",
-        model,
-        forget,
-        retain_train,
-        budget,
-        evaluate,
-        latency_questions,
-        seed=seed,
-        instruction=instruction,
-        log=log,
-        extra=[reference] if "retain_reference" in budget.methods else [],
-    )
     meta = {
         "description": "fictitious authors, tiny Llama 'full' unlearns the forget people; 'retain' model is reference",
         "world": size,
@@ -99,9 +87,19 @@ def run_authors(
             "general": len(general),
             "latency_prompts": len(latency_questions),
         },
-        "lethe_options": budget.lethe_options,
-        "baseline_config": budget.baseline.__dict__,
         "max_new_tokens": budget.max_new_tokens,
-        "notes": notes,
     }
-    return {"methods": methods, "meta": meta}
+    return run_methods(
+        "authors",
+        model,
+        forget,
+        retain_train,
+        budget,
+        evaluate,
+        latency_questions,
+        meta,
+        seed=seed,
+        instruction=instruction,
+        log=log,
+        extra=[reference] if "retain_reference" in budget.methods else [],
+    )

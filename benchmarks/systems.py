@@ -1,40 +1,114 @@
-"""Build every compared method as a ``System`` on one base model and one forget set.
+"""The systems the benchmark compares, and a registry that builds each one by name.
+
+A ``System`` is anything a user could deploy to answer questions: the bare model, the model
+behind Lethe's screen, a weight-edited copy, a refusal guardrail or a system prompt.
 
 - ``base``: the model as is;
 - ``lethe_eco`` / ``lethe_spul_zo`` / ``lethe_spul_backprop`` / ``lethe_eco_spul``: ``train_forget_set``
-  artifacts served through ``ForgetSetScreen`` (``training.metrics.through_screen``), the gateway's path;
+  artifacts (``LETHE_METHODS``: a registered training method and its options) served through
+  ``ForgetSetScreen`` (``training.metrics.through_screen``), the gateway's path;
 - ``guardrail``: the same scope classifier (trained the same way, same seed); flagged prompts get a
   canned refusal, the others the bare model;
 - ``prompting``: a system message telling the model what to forget, on every request;
-- ``ga`` / ``graddiff`` / ``npo`` / ``simnpo``: weight-updating baselines (``benchmarks.baselines``).
+- ``ga`` / ``graddiff`` / ``npo`` / ``simnpo``: weight-updating baselines (``benchmarks.baselines.BASELINES``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from lethe.benchmarks.baselines import BASELINES, BaselineConfig, unlearn
-from lethe.benchmarks.bench_metrics import PromptedTarget, System
 from lethe.runtime.model import LanguageModel
+from lethe.runtime.prompt import TemplatedPrompt
 from lethe.runtime.screening import ForgetSetScreen
 from lethe.training.data import ForgetRow
-from lethe.training.metrics import EvalTarget, through_screen
+from lethe.training.metrics import EvalTarget, Messages, RowScores, generate_answers, score_rows, through_screen
 from lethe.training.trainer import TrainConfig, train_forget_set
 
+REFUSAL = "I'm sorry, but I can't help with that."
 LETHE_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "lethe_eco": ("eco", {}),
     "lethe_spul_zo": ("spul", {"spul.optimizer": "zo"}),
     "lethe_spul_backprop": ("spul", {"spul.optimizer": "backprop"}),
     "lethe_eco_spul": ("eco+spul", {"spul.optimizer": "backprop"}),
 }
-ALL_METHODS: tuple[str, ...] = ("base", *LETHE_METHODS, "guardrail", "prompting", *BASELINES)
 
 
-def base_system(model: LanguageModel) -> System:
+class PromptedTarget(EvalTarget):
+    """An ``EvalTarget`` whose every question is preceded by a fixed system message (the prompting baseline)."""
+
+    def __init__(self, model: LanguageModel, system_prompt: str, batch_size: int = 32):
+        super().__init__(model, None, batch_size)
+        self.system_prompt = system_prompt
+
+    def render(self, question: str) -> tuple[TemplatedPrompt, Messages]:
+        """The chat prompt with the system message first (plain text joined when there is no template)."""
+        messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": question}]
+        if self.model.embedder.has_chat_template:
+            return self.model.chat_prompt(messages), messages
+        return self.model.text_prompt(f"{self.system_prompt}\n\n{question}"), messages
+
+
+@dataclass
+class System:
+    """One way of serving answers: an evaluation target, and optionally a refusal gate or a flagging function."""
+
+    name: str
+    target: EvalTarget
+    refuse: Callable[[str], bool] | None = None
+    flags: Callable[[str], bool] | None = None
+    train_s: float | None = None
+    forward_passes: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def model(self) -> LanguageModel:
+        """The language model behind the system."""
+        return self.target.model
+
+    def refused(self, question: str) -> bool:
+        """Whether the guardrail answers this question with the canned refusal."""
+        return self.refuse is not None and self.refuse(question)
+
+    def answers(self, questions: Sequence[str], max_new_tokens: int = 48, batch_size: int = 16) -> list[str]:
+        """Greedy answers to each question (the canned refusal where the guardrail fires)."""
+        refused = [self.refused(q) for q in questions]
+        out = [REFUSAL if r else "" for r in refused]
+        pending = [i for i, r in enumerate(refused) if not r]
+        texts = generate_answers(self.target, [questions[i] for i in pending], max_new_tokens, batch_size)
+        for index, text in zip(pending, texts, strict=True):
+            out[index] = text
+        return out
+
+    def scores(self, rows: Sequence[ForgetRow]) -> list[RowScores | None]:
+        """Row scores; ``None`` for rows the guardrail refuses (no answer has a probability there)."""
+        kept = [i for i, row in enumerate(rows) if not self.refused(row.prompt)]
+        scored = score_rows(self.target, [rows[i] for i in kept])
+        out: list[RowScores | None] = [None] * len(rows)
+        for i, row_scores in zip(kept, scored, strict=True):
+            out[i] = row_scores
+        return out
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What every system builder gets: the base model, the training rows and the scenario's settings."""
+
+    model: LanguageModel
+    forget: Sequence[ForgetRow]
+    retain: Sequence[ForgetRow]
+    seed: int = 0
+    lethe_options: Mapping[str, Any] = field(default_factory=dict)
+    baseline_config: BaselineConfig = field(default_factory=BaselineConfig)
+    instruction: str = ""
+
+
+def base_system(name: str, context: BuildContext) -> System:
     """The unmodified model."""
-    return System("base", EvalTarget(model), train_s=0.0, forward_passes=0)
+    return System(name, EvalTarget(context.model), train_s=0.0, forward_passes=0)
 
 
 def _flagger(screen: ForgetSetScreen) -> Callable[[str], bool]:
@@ -44,85 +118,64 @@ def _flagger(screen: ForgetSetScreen) -> Callable[[str], bool]:
     return flags
 
 
-def lethe_system(
-    method: str,
-    model: LanguageModel,
-    forget: Sequence[ForgetRow],
-    retain: Sequence[ForgetRow],
-    options: Mapping[str, Any],
-    seed: int,
-) -> System:
-    """Train one Lethe forget set and serve it through the screen, as the gateway does."""
-    trainer_method, method_options = LETHE_METHODS[method]
-    config = TrainConfig.from_options(trainer_method, {"seed": seed, "evaluate": False, **method_options, **options})
+def lethe_system(name: str, context: BuildContext) -> System:
+    """Train one Lethe forget set (``LETHE_METHODS[name]``) and serve it through the screen, as the gateway does."""
+    method, method_options = LETHE_METHODS[name]
+    options = {"seed": context.seed, "evaluate": False, **method_options, **context.lethe_options}
+    config = TrainConfig.from_options(method, options)
     started = time.perf_counter()
-    artifact = train_forget_set(model, f"bench-{method}", list(forget), list(retain), config)
+    artifact = train_forget_set(context.model, f"bench-{name}", list(context.forget), list(context.retain), config)
     train_s = time.perf_counter() - started
     screen = ForgetSetScreen([artifact])
-    system = System(method, through_screen(model, screen, seed), flags=_flagger(screen), train_s=train_s)
-    system.forward_passes = int(artifact.manifest.metrics.get("forward_passes", 0))
-    return system
+    target = through_screen(context.model, screen, context.seed)
+    passes = int(artifact.manifest.metrics.get("forward_passes", 0))
+    return System(name, target, flags=_flagger(screen), train_s=train_s, forward_passes=passes)
 
 
-def guardrail_system(
-    model: LanguageModel, forget: Sequence[ForgetRow], retain: Sequence[ForgetRow], seed: int
-) -> System:
+def guardrail_system(name: str, context: BuildContext) -> System:
     """The refusal guardrail: Lethe's scope classifier, trained alone, answering flagged prompts with a refusal."""
-    from lethe.classifier import train_scope_classifier
+    from lethe.classifier import classify_messages, train_scope_classifier
 
-    config = TrainConfig.from_options("eco", {"seed": seed})
     started = time.perf_counter()
     classifier = train_scope_classifier(
-        [r.prompt for r in forget], [r.prompt for r in retain] or None, config.classifier_config()
+        [r.prompt for r in context.forget],
+        [r.prompt for r in context.retain] or None,
+        TrainConfig(seed=context.seed).classifier_config(),
     )
     train_s = time.perf_counter() - started
-    from lethe.classifier import classify_messages
 
     def flags(question: str) -> bool:
         return bool(classify_messages({"guardrail": classifier}, [{"role": "user", "content": question}]))
 
-    return System("guardrail", EvalTarget(model), refuse=flags, flags=flags, train_s=train_s, forward_passes=0)
+    return System(name, EvalTarget(context.model), refuse=flags, flags=flags, train_s=train_s, forward_passes=0)
 
 
-def prompting_system(model: LanguageModel, instruction: str) -> System:
-    """The prompting baseline: ``instruction`` as a system message before every question."""
-    return System("prompting", PromptedTarget(model, instruction), train_s=0.0, forward_passes=0)
+def prompting_system(name: str, context: BuildContext) -> System:
+    """The prompting baseline: the scenario's instruction as a system message before every question."""
+    return System(name, PromptedTarget(context.model, context.instruction), train_s=0.0, forward_passes=0)
 
 
-def baseline_system(
-    method: str,
-    model: LanguageModel,
-    forget: Sequence[ForgetRow],
-    retain: Sequence[ForgetRow],
-    config: BaselineConfig,
-) -> System:
-    """A weight-updating baseline: a fine-tuned copy of the weights served bare."""
-    result = unlearn(model, method, forget, retain, config)  # type: ignore[arg-type]
-    system = System(method, EvalTarget(result.model), train_s=result.train_s, forward_passes=result.forward_passes)
+def baseline_system(name: str, context: BuildContext) -> System:
+    """A weight-updating baseline (``BASELINES[name]``): a fine-tuned copy of the weights served bare."""
+    result = unlearn(context.model, name, context.forget, context.retain, context.baseline_config)
+    system = System(name, EvalTarget(result.model), train_s=result.train_s, forward_passes=result.forward_passes)
     system.notes.append(f"{result.steps} optimizer steps")
     return system
 
 
-def build_system(
-    method: str,
-    model: LanguageModel,
-    forget: Sequence[ForgetRow],
-    retain: Sequence[ForgetRow],
-    *,
-    seed: int,
-    lethe_options: Mapping[str, Any],
-    baseline_config: BaselineConfig,
-    instruction: str,
-) -> System:
-    """Build the named method's system (see the module docstring for the names)."""
-    if method == "base":
-        return base_system(model)
-    if method in LETHE_METHODS:
-        return lethe_system(method, model, forget, retain, lethe_options, seed)
-    if method == "guardrail":
-        return guardrail_system(model, forget, retain, seed)
-    if method == "prompting":
-        return prompting_system(model, instruction)
-    if method in BASELINES:
-        return baseline_system(method, model, forget, retain, baseline_config)
-    raise ValueError(f"unknown method {method!r} (known: {', '.join(ALL_METHODS)})")
+SystemBuilder = Callable[[str, BuildContext], System]
+SYSTEMS: dict[str, SystemBuilder] = {
+    "base": base_system,
+    **dict.fromkeys(LETHE_METHODS, lethe_system),
+    "guardrail": guardrail_system,
+    "prompting": prompting_system,
+    **dict.fromkeys(BASELINES, baseline_system),
+}
+ALL_METHODS: tuple[str, ...] = tuple(SYSTEMS)
+
+
+def build_system(name: str, context: BuildContext) -> System:
+    """Build the named system (see the module docstring for the names)."""
+    if name not in SYSTEMS:
+        raise ValueError(f"unknown method {name!r} (known: {', '.join(SYSTEMS)})")
+    return SYSTEMS[name](name, context)

@@ -12,12 +12,12 @@ import torch
 
 from lethe.benchmarks.baselines import BaselineConfig, unlearn
 from lethe.benchmarks.bench import run_bench
-from lethe.benchmarks.bench_metrics import keyword_rate
 from lethe.benchmarks.report import markdown, verdict
 from lethe.benchmarks.scenario_sentiment import FORGET_PATTERN, load_sentences, splits
 from lethe.cli import build_parser
 from lethe.runtime.settings import RuntimeSettings
 from lethe.training.data import ForgetRow
+from lethe.training.metrics import keyword_rate
 
 METHODS = ["base", "retain_reference", "lethe_eco", "guardrail", "prompting", "ga"]
 
