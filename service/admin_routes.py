@@ -11,10 +11,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from lethe.service.admin_protocol import ClassifyRequest, ForgetSetCreate, ForgetSetPatch
 from lethe.service.errors import not_found
 from lethe.service.forget_sets import job_view
 from lethe.service.gateway import Gateway, gateway_of
-from lethe.service.schemas import ClassifyRequest, ForgetSetCreate, ForgetSetPatch, parse_body
+from lethe.service.request_rules import parse_body
 
 router = APIRouter(prefix="/admin")
 
@@ -100,4 +101,5 @@ async def classify(request: Request) -> dict[str, Any]:
     """Which live forget sets flag a chat or prompt, with scores and token masks over the rendered prompt."""
     gateway = _admin(request)
     body = parse_body(await request.body(), ClassifyRequest)
-    return await gateway.pipeline.classify(body.messages, body.prompt)
+    messages = [m.as_template_message() for m in body.messages] if body.messages is not None else None
+    return await gateway.screening.explain(messages, body.prompt)

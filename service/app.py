@@ -7,9 +7,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
-from lethe.service import admin_routes, import_routes, openai_routes, proxy_routes
+from lethe.service import admin_routes, import_routes, openai_routes, proxy_fast_path
 from lethe.service.batcher import Overloaded
 from lethe.service.errors import OVERLOADED, APIError, install_error_handlers
 from lethe.service.gateway import Gateway, gateway_of
@@ -38,12 +38,13 @@ def create_app(gateway: Gateway) -> FastAPI:
     install_error_handlers(app)
 
     @app.exception_handler(Overloaded)
-    async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+    async def _overloaded(request: Request, exc: Overloaded) -> Response:
         gateway.metrics.rejected.inc()
         return APIError(
             503, "The server is overloaded; retry shortly.", OVERLOADED, None, "overloaded", {"Retry-After": "1"}
         ).response()
 
+    openai_routes.install_serving(app.state, gateway)
     app.include_router(openai_routes.router)
     app.include_router(import_routes.router)
     app.include_router(admin_routes.router)
@@ -54,7 +55,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/ready", response_model=None)
-    async def ready(request: Request) -> dict[str, Any] | JSONResponse:
+    async def ready(request: Request) -> dict[str, Any] | Response:
         """Readiness: the generation workers run."""
         current = gateway_of(request)
         if not current.backend.ready():
@@ -71,8 +72,8 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     # The last added is the outermost: metrics see the body limit's 413s too, and proxy mode's fast path
     # gets bodies already size-checked.
-    if proxy_routes.serves(gateway):
-        app.add_middleware(proxy_routes.ProxyFastPath, gateway=gateway)
+    if proxy_fast_path.serves(gateway):
+        app.add_middleware(proxy_fast_path.ProxyFastPath, gateway=gateway)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=gateway.settings.max_body_bytes,

@@ -21,17 +21,12 @@ logger = logging.getLogger("lethe.audit")
 
 
 def sha256_text(text: str) -> str:
-    """Hex SHA-256 of a prompt's UTF-8 text."""
+    """Hex SHA-256 of a text's UTF-8 bytes (``prompt_sha256``: the rendered prompt's text)."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def sha256_tokens(ids: tuple[int, ...] | list[int]) -> str:
-    """Hex SHA-256 of a token-id prompt."""
-    return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()
-
-
 def sha256_tensor(tensor: torch.Tensor) -> str:
-    """Hex SHA-256 of an embeddings prompt (its float32 bytes and shape)."""
+    """Hex SHA-256 of an embeddings prompt, its float32 bytes and shape (``embeds_sha256``)."""
     digest = hashlib.sha256(repr(tuple(tensor.shape)).encode())
     digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()

@@ -5,8 +5,9 @@ only need ``backend.embedder`` (tokenizer, chat template, embedding matrix). A b
 rendered prompt, the intervention plan (``None`` for unflagged requests, which must be served
 exactly as the base model serves them) and sampling parameters.
 
-``LocalBackend`` runs a ``LanguageModel`` in-process behind a ``MicroBatcher``; a proxy backend
-(issue 6) will forward to a remote upstream with prompt embeddings for flagged requests.
+``LocalBackend`` runs a ``LanguageModel`` in-process behind a ``MicroBatcher``;
+``service.proxy_backend.ProxyBackend`` generates on a remote upstream, with prompt embeddings for
+flagged requests.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from lethe.runtime.interventions import InterventionPlan
 from lethe.runtime.model import LanguageModel, PromptLogprobs
 from lethe.runtime.prompt import TemplatedPrompt
 from lethe.service.batcher import MicroBatcher, Overloaded
+from lethe.service.protocol import ModelCard
+from lethe.service.response_shapes import LETHE_SHAPES, ResponseShapes
 
 
 @dataclass(frozen=True)
@@ -57,18 +60,12 @@ class Completion:
     completion_tokens: int
 
 
-@dataclass(frozen=True)
-class ModelCard:
-    """An entry of ``GET /v1/models``."""
-
-    id: str
-    created: int
-    owned_by: str = "lethe"
-
-
 @runtime_checkable
 class Backend(Protocol):
     """What the routes need from a model server, local or remote."""
+
+    passthrough: bool
+    """Whether unflagged requests are forwarded as sent (proxy mode) rather than served here."""
 
     @property
     def embedder(self) -> PromptEmbedder:
@@ -87,6 +84,11 @@ class Backend(Protocol):
 
     def models(self) -> list[ModelCard]:
         """Served models."""
+        ...
+
+    @property
+    def response_shapes(self) -> ResponseShapes:
+        """How responses served here are written."""
         ...
 
     def stream(self, request: BackendRequest) -> AsyncIterator[Delta]:
@@ -127,6 +129,9 @@ class Backend(Protocol):
 class LocalBackend:
     """A ``LanguageModel`` in this process: micro-batched generation, scoring on a thread pool."""
 
+    passthrough = False
+    response_shapes: ResponseShapes = LETHE_SHAPES
+
     def __init__(
         self,
         model: LanguageModel,
@@ -164,7 +169,7 @@ class LocalBackend:
 
     def models(self) -> list[ModelCard]:
         """The one local model."""
-        return [ModelCard(self.model_id, self._created)]
+        return [ModelCard(id=self.model_id, created=self._created)]
 
     def start(self) -> None:
         """Start the decoding workers."""

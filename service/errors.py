@@ -10,9 +10,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lethe.service.protocol import ErrorInfo, ErrorResponse
 
 logger = logging.getLogger("lethe.service")
 
@@ -45,18 +47,20 @@ class APIError(Exception):
         self.code = code
         self.headers = headers
 
-    def body(self) -> dict[str, Any]:
-        """The JSON body of this error."""
+    def body(self) -> ErrorResponse:
+        """The body of this error."""
         return error_body(self.message, self.type, self.param, self.code)
 
-    def response(self) -> JSONResponse:
-        """This error as a response."""
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+    def response(self) -> Response:
+        """This error as a JSON response."""
+        return Response(
+            self.body().json_bytes(), status_code=self.status, headers=self.headers, media_type="application/json"
+        )
 
 
-def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> ErrorResponse:
     """``{"error": {...}}`` as OpenAI writes it."""
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return ErrorResponse(error=ErrorInfo(message=message, type=type, param=param, code=code))
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -126,15 +130,15 @@ def install_error_handlers(app: FastAPI) -> None:
     """Render every error (ours, routing, validation, crashes) as an OpenAI error body."""
 
     @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    async def _api_error(request: Request, exc: APIError) -> Response:
         return exc.response()
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
         return from_validation_error(exc).response()
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         kind, code = _STATUS_TYPES.get(exc.status_code, (INVALID_REQUEST if exc.status_code < 500 else SERVER, None))
         if exc.status_code == 404:
             message = f"Unknown route: {request.method} {request.url.path}"
@@ -145,7 +149,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return APIError(exc.status_code, message, kind, None, code, dict(exc.headers or {})).response()
 
     @app.exception_handler(Exception)
-    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+    async def _crash(request: Request, exc: Exception) -> Response:
         # Only the exception type at error level: a message could quote request content.
         logger.error("internal error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
         logger.debug("internal error details", exc_info=exc)

@@ -18,11 +18,11 @@ from lethe.runtime.artifact import ArtifactError, ForgetSetArtifact, new_forget_
 from lethe.runtime.embedder import PromptEmbedder
 from lethe.runtime.model import LanguageModel
 from lethe.runtime.screening import ForgetSetScreen
+from lethe.service.admin_protocol import ForgetSetCreate
 from lethe.service.audit import AuditLog
 from lethe.service.errors import CONFLICT, APIError, bad_request, not_found
 from lethe.service.jobs import JobRunner, ProgressReporter, TrainJob
 from lethe.service.registry import INTERRUPTED, ForgetSetRecord, JobRecord, Registry, new_job_id, remove_folder
-from lethe.service.schemas import ForgetSetCreate
 
 logger = logging.getLogger("lethe.forget_sets")
 MAX_ERROR_CHARS = 500

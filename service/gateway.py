@@ -1,4 +1,4 @@
-"""The gateway's parts wired together: backend, screen, forget sets, pipeline, keys, metrics, audit."""
+"""The gateway's parts wired together: backend, screen, forget sets, screening step, keys, metrics, audit."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from lethe.service.audit import AuditLog
 from lethe.service.auth import KeyChecker
 from lethe.service.backend import Backend, LocalBackend
 from lethe.service.forget_sets import ForgetSetManager
-from lethe.service.inference import InferencePipeline
+from lethe.service.inference_audit import InferenceAudit
 from lethe.service.metrics import GatewayMetrics
 from lethe.service.registry import Registry
+from lethe.service.request_rules import RequestRules
+from lethe.service.screening_step import ScreeningStep
 from lethe.service.settings import GatewaySettings
 
 AUDIT_FILE = "audit.jsonl"
@@ -31,10 +33,11 @@ class Gateway:
     backend: Backend
     screen: ForgetSetScreen
     forget_sets: ForgetSetManager
-    pipeline: InferencePipeline
+    screening: ScreeningStep
     keys: KeyChecker
     metrics: GatewayMetrics
     audit: AuditLog
+    inference_audit: InferenceAudit
     startup_artifacts: list[tuple[ForgetSetArtifact, str]] = field(default_factory=list)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("lethe.service"))
 
@@ -53,7 +56,7 @@ class Gateway:
         """Stop workers and close files."""
         self.forget_sets.stop()
         self.backend.close()
-        self.pipeline.close()
+        self.screening.close()
         self.audit.close()
         self.forget_sets.registry.close()
 
@@ -75,23 +78,37 @@ def build_gateway(
     screen = ForgetSetScreen()
     model = backend.local_model
     manager = ForgetSetManager(registry, screen, backend.embedder, model, audit)
-    pipeline = InferencePipeline(backend, screen, settings, metrics, audit, threads=max(1, settings.max_concurrency))
     keys = KeyChecker.from_strings(settings.api_key_list, settings.admin_key or None)
+    screening = ScreeningStep(
+        backend, screen, request_rules(settings, backend), keys, metrics, settings.max_prompt_tokens,
+        threads=max(1, settings.max_concurrency),
+    )  # fmt: skip
     gateway = Gateway(
-        settings,
-        backend,
-        screen,
-        manager,
-        pipeline,
-        keys,
-        metrics,
-        audit,
-        list(startup_artifacts),
+        settings=settings,
+        backend=backend,
+        screen=screen,
+        forget_sets=manager,
+        screening=screening,
+        keys=keys,
+        metrics=metrics,
+        audit=audit,
+        inference_audit=InferenceAudit(audit, metrics, backend.model_id),
+        startup_artifacts=list(startup_artifacts),
     )
     metrics.bind_gauges(lambda: backend.load()[0], lambda: backend.load()[1])
     if isinstance(backend, LocalBackend):
         backend.batcher.on_batch = metrics.batch_size.observe
     return gateway
+
+
+def request_rules(settings: GatewaySettings, backend: Backend) -> RequestRules:
+    """What this gateway honours: the settings' limits, and no echo in proxy mode (vLLM cannot echo embeddings)."""
+    return RequestRules(
+        max_new_tokens=settings.max_new_tokens,
+        vocab_size=backend.embedder.vocab_size,
+        allow_prompt_embeds=settings.allow_prompt_embeds,
+        echo=not backend.passthrough,
+    )
 
 
 def local_backend(model: LanguageModel, settings: GatewaySettings) -> LocalBackend:

@@ -45,6 +45,11 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.classifications = Counter(
+            "lethe_classifications",
+            "Prompts classified against the enabled forget sets (once per prompt of a request).",
+            registry=r,
+        )
         self.routing_latency = Histogram(
             "lethe_routing_latency_seconds",
             "Tokenizing, classifying and planning a request.",

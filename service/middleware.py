@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lethe.service.errors import INVALID_REQUEST, error_body
 from lethe.service.metrics import GatewayMetrics
+from lethe.service.protocol import ErrorResponse
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any], close: bool = False) -> None:
-    payload = json.dumps(body).encode()
+async def _send_json(send: Send, status: int, body: ErrorResponse, close: bool = False) -> None:
+    payload = body.json_bytes()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     if close:
         headers.append((b"connection", b"close"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Mapping
 
 from starlette.responses import Response, StreamingResponse
@@ -50,7 +49,7 @@ async def forward(upstream: UpstreamClient, path: str, body: bytes, headers: Map
 
 
 def _error_event(error: APIError) -> bytes:
-    return f"data: {json.dumps(error.body())}\n\ndata: [DONE]\n\n".encode()
+    return b"data: " + error.body().json_bytes() + b"\n\ndata: [DONE]\n\n"
 
 
 async def _relay(response: RawResponse) -> AsyncIterator[bytes]:

@@ -31,8 +31,10 @@ from lethe.runtime.generation import SamplingParams
 from lethe.runtime.interventions import InterventionPlan, apply_plan
 from lethe.runtime.model import LanguageModel, PromptLogprobs
 from lethe.service import upstream_errors as errors
-from lethe.service.backend import BackendRequest, Completion, Delta, ModelCard
+from lethe.service.backend import BackendRequest, Completion, Delta
 from lethe.service.errors import PERMISSION, APIError, unsupported
+from lethe.service.protocol import ModelCard
+from lethe.service.response_shapes import LETHE_SHAPES, ResponseShapes
 from lethe.service.settings import GatewaySettings
 from lethe.service.text_corruption import corrupted_text, replacement_vocabulary
 from lethe.service.upstream import UpstreamClient, sse_events
@@ -53,6 +55,7 @@ class ProxyBackend:
     """Generations on an upstream OpenAI-compatible server, prompt embeddings for flagged prompts."""
 
     passthrough = True
+    response_shapes: ResponseShapes = LETHE_SHAPES
 
     def __init__(self, settings: GatewaySettings, embedder: PromptEmbedder, upstream: UpstreamClient | None = None):
         if not settings.upstream_model:
@@ -91,7 +94,7 @@ class ProxyBackend:
 
     def models(self) -> list[ModelCard]:
         """The one upstream model flagged prompts can be served for."""
-        return [ModelCard(self._model_id, self._created, owned_by="lethe-proxy")]
+        return [ModelCard(id=self._model_id, created=self._created, owned_by="lethe-proxy")]
 
     def load(self) -> tuple[int, int]:
         """Nothing waits here; ``running`` counts requests in flight upstream."""
