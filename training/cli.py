@@ -10,6 +10,7 @@ from typing import Any
 
 from lethe.runtime.settings import RuntimeSettings
 from lethe.training.data import TrainingDataError, load_rows
+from lethe.training.methods import DEFAULT_METHOD, METHOD_NAMES
 
 TICKS = 1000
 
@@ -17,7 +18,8 @@ TICKS = 1000
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``lethe train``."""
     train = commands.add_parser(
-        "train", help="train a forget set (scope classifier + ECO and/or SPUL) and write its artifact"
+        "train",
+        help=f"train a forget set (scope classifier + one of: {', '.join(METHOD_NAMES)}) and write its artifact",
     )
     train.add_argument("--model", default=None, help="built-in name, HF folder or .gguf file (LETHE_MODEL)")
     source = train.add_mutually_exclusive_group(required=True)
@@ -30,7 +32,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--seed-prompt", action="append", default=[], help="with --topic: a question about the topic (repeatable)"
     )
     train.add_argument("--retain", type=Path, default=None, help="JSONL of rows whose answers must not change")
-    train.add_argument("--method", choices=["eco", "spul", "eco+spul"], default="eco")
+    train.add_argument("--method", choices=METHOD_NAMES, default=DEFAULT_METHOD)
     train.add_argument("--out", required=True, type=Path, help="artifact folder to write (must not exist)")
     train.add_argument("--name", default=None, help="forget-set name (default: the forget file's stem or the topic)")
     train.add_argument("--seed", type=int, default=None, help="random seed (default 0)")

@@ -136,24 +136,16 @@ def answer_log_distributions(
     return out
 
 
+@dataclass
 class SpulLoss:
     """Computes ``L(P)`` on given batches through the served plans."""
 
-    def __init__(
-        self,
-        model: LanguageModel,
-        factory: CandidateFactory,
-        parameters: ForgetSetParameters,
-        centroids: torch.Tensor | None,
-        strengths: torch.Tensor | None,
-        config: SpulConfig,
-    ):
-        self.model = model
-        self.factory = factory
-        self.parameters = parameters
-        self.centroids = centroids
-        self.strengths = strengths
-        self.config = config
+    model: LanguageModel
+    factory: CandidateFactory
+    parameters: ForgetSetParameters
+    centroids: torch.Tensor | None
+    strengths: torch.Tensor | None
+    config: SpulConfig
 
     def forget_plans(
         self, soft_prompt: torch.Tensor, samples: Sequence[ForgetSample], request_seed: int

@@ -1,9 +1,10 @@
-"""``train_forget_set``: scope classifier, ECO and/or SPUL, before/after figures, one artifact.
+"""``train_forget_set``: scope classifier, the method's stages, before/after figures, one artifact.
 
-The base model's weights never change. Candidates are evaluated through
-``runtime.forget_set.plan_for_flag`` (see ``training.candidates``), and the after-figures through
-``ForgetSetScreen``: the classifier decides, per prompt, whether the learned interventions apply,
-exactly as in the gateway.
+The method (``training.methods``) is a list of stages run in order (ECO, SPUL, or ECO then SPUL),
+each adding its parts to the artifact. The base model's weights never change. Candidates are
+evaluated through ``runtime.plans.plan_for_flag`` (see ``training.candidates``), and the
+after-figures through ``ForgetSetScreen``: the classifier decides, per prompt, whether the
+learned interventions apply, exactly as in the gateway.
 
 Noise seeds while training are derived from a fixed training id (``lethe-train-<seed>``), so the
 learned tensors do not depend on the artifact's id; the after-figures use the real id, whose
@@ -19,130 +20,40 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lethe.runtime.artifact import (
     BaseModelInfo,
     ForgetSetArtifact,
     ForgetSetManifest,
     ForgetSetParameters,
-    Method,
     new_forget_set_id,
     utc_now,
     validate_id,
 )
 from lethe.runtime.model import LanguageModel
 from lethe.runtime.screening import ForgetSetScreen
-from lethe.training.candidates import CandidateFactory
+from lethe.training.candidates import ArtifactParts, CandidateFactory
+from lethe.training.config import TrainConfig
 from lethe.training.data import ForgetRow, TrainingDataError, TrainingError, parse_rows
-from lethe.training.eco import EcoConfig, train_eco
+from lethe.training.methods import StageInputs, get_method, method_holding
 from lethe.training.metrics import EvalTarget, RowScores, render_question, score_rows, split_summary, through_screen
 from lethe.training.progress import ProgressTracker, TrainingCancelled
 from lethe.training.samples import prepare_samples
 from lethe.training.scope import with_token_mode
-from lethe.training.spul import SpulConfig, train_spul
-from lethe.training.topic import TopicConfig, train_topic_forget_set
+from lethe.training.topic import train_topic_forget_set
 
 if TYPE_CHECKING:
-    from lethe.classifier import ClassifierConfig, ScopeClassifier
+    from lethe.classifier import ScopeClassifier
 
 __all__ = ["TrainConfig", "TrainingCancelled", "TrainingError", "train_forget_set", "train_topic"]
 
 
-class TrainConfig(BaseModel):
-    """Everything a training run can be told; unknown keys are refused."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: Method = "eco"
-    seed: int = 0
-    wrong_answers: int = Field(default=3, ge=1, description="wrong answers per question for the surrogate target")
-    eco: EcoConfig = Field(default_factory=EcoConfig)
-    spul: SpulConfig = Field(default_factory=SpulConfig)
-    topic: TopicConfig = Field(default_factory=TopicConfig, description="reveal settings for topic forget sets")
-    classifier: dict[str, Any] = Field(default_factory=dict, description="ClassifierConfig fields")
-    evaluate: bool = Field(default=True, description="measure before/after figures into the manifest")
-    eval_request_seed: int = 0
-
-    @field_validator("classifier")
-    @classmethod
-    def _check_classifier(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from lethe.classifier import ClassifierConfig
-
-        known = set(ClassifierConfig.__dataclass_fields__)
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"unknown classifier option(s) {unknown}; known: {sorted(known)}")
-        ClassifierConfig(**value)
-        return value
-
-    def classifier_config(self) -> ClassifierConfig:
-        """The scope classifier's configuration (seeded by the run's seed unless set)."""
-        from lethe.classifier import ClassifierConfig
-
-        return ClassifierConfig(**{"seed": self.seed, **self.classifier})
-
-    @classmethod
-    def from_options(cls, method: str, options: Mapping[str, Any] | None = None) -> TrainConfig:
-        """Build from a method and user options (nested dicts or dotted keys like ``"eco.rounds"``)."""
-        nested = _nest(dict(options or {}))
-        if "method" in nested and nested["method"] != method:
-            raise ValueError(f"options name method {nested['method']!r} but the method is {method!r}")
-        try:
-            return cls.model_validate({**nested, "method": method})
-        except ValidationError as exc:
-            raise ValueError(_explain(exc)) from None
-
-
-def _nest(options: dict[str, Any]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for key, value in options.items():
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"option names must be non-empty strings, got {key!r}")
-        *parents, leaf = key.split(".")
-        target = nested
-        for part in parents:
-            child = target.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"option {key!r} conflicts with option {part!r}")
-            target = child
-        if isinstance(value, dict) and isinstance(target.get(leaf), dict):
-            target[leaf].update(value)
-        else:
-            target[leaf] = value
-    return nested
-
-
-def _known(model: type[BaseModel], path: Sequence[str]) -> list[str]:
-    for part in path:
-        annotation = model.model_fields[part].annotation if part in model.model_fields else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return sorted(model.model_fields)
-
-
-def _explain(error: ValidationError) -> str:
-    messages = []
-    for item in error.errors():
-        loc = [str(p) for p in item["loc"]]
-        name = ".".join(loc) or "options"
-        if item["type"] == "extra_forbidden":
-            known = _known(TrainConfig, loc[:-1])
-            messages.append(f"unknown option {name!r}" + (f" (known: {', '.join(known)})" if known else ""))
-        else:
-            messages.append(f"option {name!r}: {item['msg']}")
-    return "; ".join(messages)
-
-
 def _as_rows(rows: Sequence[ForgetRow | Mapping[str, Any]] | None, source: str, required: bool) -> list[ForgetRow]:
-    if rows is None:
-        if required:
-            raise TrainingDataError(f"{source} rows are required")
-        return []
-    if isinstance(rows, str | bytes) or not isinstance(rows, Sequence):
+    if rows is None and required:
+        raise TrainingDataError(f"{source} rows are required")
+    if rows is not None and (isinstance(rows, str | bytes) or not isinstance(rows, Sequence)):
         raise TrainingDataError(f"{source} must be a list of rows, got {type(rows).__name__}")
-    items = [r.model_dump() if isinstance(r, ForgetRow) else r for r in rows]
+    items = [r.model_dump() if isinstance(r, ForgetRow) else r for r in rows or ()]
     return parse_rows(items, source, required=required)
 
 
@@ -194,9 +105,9 @@ def train_forget_set(
     check_model(model, forget_rows[0])
     artifact_id = validate_id(forget_set_id) if forget_set_id is not None else new_forget_set_id()
     passes_before = model.forward_passes
-    uses_eco, uses_spul = "eco" in config.method, "spul" in config.method
+    method = get_method(config.method)
     stages = [("classifier", 1.0), ("samples", 0.3), ("before", 0.5 if config.evaluate else 0.0)]
-    stages += [("eco", 4.0 if uses_eco else 0.0), ("spul", 4.0 if uses_spul else 0.0)]
+    stages += [(stage.name, stage.progress_weight) for stage in method.stages]
     stages += [("after", 0.5 if config.evaluate else 0.0)]
     tracker = ProgressTracker(stages, progress, cancel)
     tracker.update("classifier", 0.0, "classifier")
@@ -211,12 +122,12 @@ def train_forget_set(
         method=config.method,
         parameters=ForgetSetParameters(),
     )
-    factory = CandidateFactory(template, classifier)
-    modes = list(dict.fromkeys(config.eco.token_modes)) if uses_eco else [classifier.config.token_mode]
+    factory = CandidateFactory(template, classifier, method_holding)
+    first, first_config = method.stages[0], config.section(method.stages[0])
+    modes = first.token_modes(first_config, classifier.config.token_mode)
     with torch.no_grad():
-        samples = prepare_samples(
-            model, forget_rows, classifier, modes, config.wrong_answers, config.seed, config.eco.batch_size
-        )
+        batch_size = first.sample_batch_size(first_config)
+        samples = prepare_samples(model, forget_rows, classifier, modes, config.wrong_answers, config.seed, batch_size)
     tracker.update("samples", 1.0, "samples")
 
     metrics: dict[str, Any] = {"seed": config.seed, "config": config.model_dump(mode="json")}
@@ -225,35 +136,18 @@ def train_forget_set(
             metrics["before"] = _figures(EvalTarget(model), forget_rows, retain_rows)
         tracker.update("before", 1.0, "before")
 
-    parameters = ForgetSetParameters(token_mode=classifier.config.token_mode)
-    centroids = strengths = soft_prompt = None
-    if uses_eco:
-        eco = train_eco(model, factory, samples, config.eco, config.seed, tracker.stage("eco"))
-        parameters, centroids, strengths = eco.parameters, eco.centroids, eco.strengths
-        metrics["eco"] = eco.details
-    if uses_spul:
-        spul = train_spul(
-            model,
-            factory,
-            samples,
-            forget_rows,
-            retain_rows,
-            parameters,
-            centroids,
-            strengths,
-            config.spul,
-            config.seed,
-            tracker.stage("spul"),
-        )
-        soft_prompt = spul.soft_prompt
-        parameters = parameters.model_copy(update={"spul": spul.parameters})
-        metrics["spul"] = spul.details
+    parts = ArtifactParts(ForgetSetParameters(token_mode=classifier.config.token_mode))
+    inputs = StageInputs(model, factory, samples, forget_rows, retain_rows, config.seed)
+    for stage in method.stages:
+        metrics[stage.name] = stage.train(inputs, config.section(stage), parts, tracker.stage(stage.name))
+        if not parts.holds(stage.adds[0]):
+            raise TrainingError(f"the {stage.name} stage added no {stage.adds[0]}")
     tracker.check()
 
-    manifest = template.model_copy(update={"id": artifact_id, "method": config.method, "parameters": parameters})
-    final = ForgetSetArtifact(
-        manifest, with_token_mode(classifier, parameters.token_mode), soft_prompt, centroids, strengths
-    )
+    update = {"id": artifact_id, "method": config.method, "parameters": parts.parameters}
+    manifest = template.model_copy(update=update)
+    scope = with_token_mode(classifier, parts.parameters.token_mode)
+    final = ForgetSetArtifact(manifest, scope, parts.soft_prompt, parts.centroids, parts.strengths)
     metrics["classifier"] = classifier.calibration()
     if config.evaluate:
         with torch.no_grad():

@@ -1,0 +1,43 @@
+"""ECO (Liu et al. 2024): corrupt the embeddings of flagged prompt tokens, strength tuned by zeroth-order steps.
+
+Adds the corruption's parameters (function, dims, token mode, median strength) and, when the
+forget set splits into clusters, their centroids and per-cluster strengths. The algorithm is
+``training.eco``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lethe.runtime.artifact import TokenMode
+from lethe.training.candidates import ArtifactParts
+from lethe.training.eco import EcoConfig, train_eco
+from lethe.training.methods.base import Method, Report, Stage, StageInputs
+
+
+class EcoStage(Stage):
+    """Embedding corruption of the flagged prompt tokens."""
+
+    name = "eco"
+    Config = EcoConfig
+    adds = ("eco parameters", "cluster strengths")
+
+    def token_modes(self, config: EcoConfig, default: TokenMode) -> list[TokenMode]:
+        """Every token mode the search may pick."""
+        return list(dict.fromkeys(config.token_modes))
+
+    def sample_batch_size(self, config: EcoConfig) -> int:
+        """ECO's scoring batch."""
+        return config.batch_size
+
+    def train(self, inputs: StageInputs, config: EcoConfig, parts: ArtifactParts, report: Report) -> dict[str, Any]:
+        """Search the corruption and tune its strengths (``training.eco.train_eco``)."""
+        result = train_eco(inputs.model, inputs.factory, inputs.samples, config, inputs.seed, report)
+        update = {"token_mode": result.parameters.token_mode, "eco": result.parameters.eco}
+        parts.parameters = parts.parameters.model_copy(update=update)
+        parts.centroids, parts.strengths = result.centroids, result.strengths
+        return result.details
+
+
+ECO = EcoStage()
+METHODS = (Method((ECO,), "ECO embedding corruption of the flagged prompt tokens"),)
