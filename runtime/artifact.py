@@ -143,9 +143,9 @@ class ForgetSetArtifact:
         validate_id(self.manifest.id)
         method = self.manifest.method
         params = self.manifest.parameters
-        if "eco" in method and params.eco is None:
+        if "eco" in method.split("+") and params.eco is None:
             raise ArtifactError(f"method {method!r} needs ECO parameters")
-        if "spul" in method and self.soft_prompt is None:
+        if "spul" in method.split("+") and self.soft_prompt is None:
             raise ArtifactError(f"method {method!r} needs a soft prompt")
         if self.soft_prompt is not None and self.soft_prompt.dim() != 2:
             raise ArtifactError("the soft prompt must be a (num_virtual_tokens, hidden) matrix")
