@@ -258,6 +258,25 @@ def test_streams_equal_local_mode_and_completions_work(
     assert answer.choices[0].message.content == _local(tiny, artifacts, retain[1])[0]
 
 
+def _metric(server: GatewayServer, name: str) -> float:
+    """A counter's value on ``/metrics`` (0 before its first increment)."""
+    with server.admin() as admin:
+        text = admin.get("/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_a_flagged_request_is_classified_once(stack: dict[str, Any], world_rows: dict[str, list[dict]]) -> None:
+    proxy, tiny, artifacts = stack["proxy"], stack["tiny"], stack["artifacts"]
+    forget, retain = _questions(world_rows)
+    flagged_total = f'lethe_flagged_requests_total{{forget_set="{artifacts[0].id}"}}'
+    for question, flagged in ((forget[0], True), (retain[0], False)):
+        classified, flags = _metric(proxy, "lethe_classifications_total"), _metric(proxy, flagged_total)
+        assert _content(_chat(proxy.base_url, question)) == _local(tiny, artifacts, question)[0]
+        assert _metric(proxy, flagged_total) == flags + flagged
+        # The fast path's verdict is handed down to the route that serves the flagged request: one classification.
+        assert _metric(proxy, "lethe_classifications_total") == classified + 1
+
+
 def test_upstream_errors_pass_through_and_unknown_models_are_404(stack: dict[str, Any]) -> None:
     proxy, upstream = stack["proxy"], stack["upstream"]
     bad = {"model": MODEL, "messages": [{"role": "user", "content": "Hello there"}], "n": 3}
