@@ -232,6 +232,20 @@ def test_unknown_options_are_refused_with_the_known_ones() -> None:
     assert TrainConfig.from_options("spul", {"spul.optimizer": "zo"}).spul.optimizer == "zo"
 
 
+def test_methods_are_named_lists_of_stages_read_from_one_registry() -> None:
+    from lethe.cli import build_parser
+    from lethe.training.methods import METHOD_NAMES, METHODS, STAGES
+
+    assert [stage.name for stage in METHODS["eco+spul"].stages] == ["eco", "spul"]
+    assert set(STAGES) <= set(TrainConfig.model_fields)  # one options section per stage
+    args = build_parser().parse_args(["train", "--forget", "f.jsonl", "--out", "o", "--method", METHOD_NAMES[-1]])
+    assert args.method == METHOD_NAMES[-1]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--forget", "f.jsonl", "--out", "o", "--method", "eco+magic"])
+    with pytest.raises(ValueError, match=r"known: eco, spul, eco\+spul"):
+        TrainConfig.from_options("spul+eco")
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -3,7 +3,8 @@
 Each module here declares its stages (``base.Stage``: options, training function, the artifact
 parts it adds) and a ``METHODS`` tuple of the methods it offers; a method is an ordered list of
 stages and is named after them (``eco+spul``). Adding a method is adding a module here: the
-trainer, ``TrainConfig``, ``lethe train --method`` and every other list of names read ``METHODS``.
+trainer, ``TrainConfig`` (one options section per stage) and ``lethe train --method`` read
+``METHODS``; ``DEFAULT_METHOD`` is what a run gets when it names none.
 """
 
 from __future__ import annotations
