@@ -27,18 +27,25 @@ from lethe.runtime.interventions import InterventionPlan
 from lethe.runtime.model import LanguageModel, PromptLogprobs
 from lethe.runtime.prompt import TemplatedPrompt
 from lethe.service.batcher import MicroBatcher, Overloaded
+from lethe.service.generation_defaults import GenerationDefaults
 from lethe.service.protocol import ModelCard
 from lethe.service.response_shapes import LETHE_SHAPES, ResponseShapes
 
 
 @dataclass(frozen=True)
 class BackendRequest:
-    """One generation: a rendered prompt, or client-supplied embeddings, with an optional plan."""
+    """One generation: a rendered prompt, or client-supplied embeddings, with an optional plan.
+
+    ``explicit`` names the sampling parameters the client set (the others in ``params`` are
+    defaults); ``kind`` is the endpoint it called. A proxy passes on only what the client set.
+    """
 
     prompt: TemplatedPrompt
     params: SamplingParams
     plan: InterventionPlan | None = None
     embeds: torch.Tensor | None = None
+    explicit: frozenset[str] = frozenset()
+    kind: str = "completions"
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class Delta:
     finished: bool = False
     finish_reason: str | None = None
     completion_tokens: int = 0
+    stop_reason: str | int | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ class Completion:
     text: str
     finish_reason: str
     completion_tokens: int
+    stop_reason: str | int | None = None
 
 
 @runtime_checkable
@@ -89,6 +98,15 @@ class Backend(Protocol):
     @property
     def response_shapes(self) -> ResponseShapes:
         """How responses served here are written."""
+        ...
+
+    @property
+    def generation_defaults(self) -> GenerationDefaults:
+        """Sampling defaults from the model's generation config."""
+        ...
+
+    def embedding_rows(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Uploaded ``prompt_embeds`` as rows of the embedding matrix (what the classifiers and plans work on)."""
         ...
 
     def stream(self, request: BackendRequest) -> AsyncIterator[Delta]:
@@ -141,8 +159,10 @@ class LocalBackend:
         decode_workers: int = 2,
         scoring_threads: int = 2,
         on_batch: Callable[[int], None] | None = None,
+        generation_defaults: GenerationDefaults | None = None,
     ):
         self.model = model
+        self.generation_defaults = generation_defaults or GenerationDefaults()
         self.batcher = MicroBatcher(
             model.decode_steps, max_batch_size, batch_window_s, max_pending, decode_workers, on_batch
         )
@@ -191,6 +211,10 @@ class LocalBackend:
     def local_model(self) -> LanguageModel:
         """The served model."""
         return self.model
+
+    def embedding_rows(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Uploaded embeddings are fed to the model as they are: they are rows already."""
+        return embeds
 
     def _embeddings(self, request: BackendRequest) -> torch.Tensor:
         source = request.embeds if request.embeds is not None else request.prompt

@@ -15,6 +15,7 @@ from lethe.service.audit import AuditLog
 from lethe.service.auth import KeyChecker
 from lethe.service.backend import Backend, LocalBackend
 from lethe.service.forget_sets import ForgetSetManager
+from lethe.service.generation_defaults import GenerationDefaults
 from lethe.service.inference_audit import InferenceAudit
 from lethe.service.metrics import GatewayMetrics
 from lethe.service.registry import Registry
@@ -120,6 +121,7 @@ def local_backend(model: LanguageModel, settings: GatewaySettings) -> LocalBacke
         max_pending=settings.max_queue_depth,
         decode_workers=settings.decode_workers,
         scoring_threads=max(1, settings.max_concurrency),
+        generation_defaults=GenerationDefaults.from_folder(model.path),
     )
 
 

@@ -60,9 +60,10 @@ def serve_local(
 
 def serve_proxy(settings: GatewaySettings, forget_set_folders: Sequence[Path] = (), log_level: str = "info") -> int:
     """Load the embedder, open the registry and proxy to ``settings.upstream`` until interrupted."""
-    from lethe.runtime.loading import load_embedder
+    from lethe.runtime.loading import load_embedder, prepare_model
     from lethe.service.app import create_app
     from lethe.service.gateway import build_gateway
+    from lethe.service.generation_defaults import GenerationDefaults
     from lethe.service.proxy_backend import ProxyBackend
 
     _prepare_process(settings, log_level)
@@ -72,11 +73,13 @@ def serve_proxy(settings: GatewaySettings, forget_set_folders: Sequence[Path] = 
         import torch
 
         torch.set_num_threads(settings.threads)
-    embedder = load_embedder(settings.embeddings_from or settings.model, settings, progress=True)
+    spec = settings.embeddings_from or settings.model
+    embedder = load_embedder(spec, settings, progress=True)
     imports = [
         (ForgetSetArtifact.load(f, embedder.fingerprint, embedder.hidden_size), "cli") for f in forget_set_folders
     ]
-    app = create_app(build_gateway(settings, ProxyBackend(settings, embedder), imports))
+    defaults = GenerationDefaults.from_folder(prepare_model(spec, settings))
+    app = create_app(build_gateway(settings, ProxyBackend(settings, embedder, generation_defaults=defaults), imports))
     banner = (
         f"lethe: proxying {settings.upstream_model} at {settings.upstream} "
         f"on http://{settings.host}:{settings.port}/v1 "

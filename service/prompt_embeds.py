@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import threading
 import warnings
 
 import torch
@@ -25,6 +26,7 @@ from lethe.runtime.prompt import MessageSpan, TemplatedPrompt
 from lethe.service.errors import bad_request
 
 ALLOWED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_SPARSE_CHECK_LOCK = threading.Lock()
 # Uploads saved with the default pickle protocol trigger this warning on every request.
 warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
 
@@ -42,7 +44,8 @@ def decode_prompt_embeds(encoded: str, hidden_size: int, max_tokens: int, dtype:
     if not raw:
         raise _invalid("empty")
     try:
-        with torch.sparse.check_sparse_tensor_invariants():
+        # The invariant check is a process-wide flag: decodes on several threads must not overlap.
+        with _SPARSE_CHECK_LOCK, torch.sparse.check_sparse_tensor_invariants():
             value = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception:  # untrusted bytes: any failure to unpickle means the input is invalid
         raise _invalid("not a tensor saved with torch.save (only plain tensors are accepted)") from None

@@ -1,9 +1,9 @@
-"""How response bodies and stream chunks are written, behind one interface per endpoint.
+"""How response bodies and stream chunks are written, behind one interface.
 
-The serving classes say *what* to answer (text, finish reason, usage); a shaper writes it. Lethe's
-own shapes (``LETHE_SHAPES``) are the ``service.protocol`` models. Proxy mode writes a flagged
-request's answer in the upstream's own shapes instead (``service.upstream_shapes``), learned from
-the upstream's answers, so that it cannot be told apart from a forwarded one.
+The serving classes say *what* to answer (choices, finish reasons, usage); a shaper writes it.
+Lethe's own shapes (``LETHE_SHAPES``) are the ``service.protocol`` models. In proxy mode a
+flagged request is answered in the upstream's own shapes instead (``service.upstream_shapes``,
+learned from the upstream's answers), so that it cannot be told apart from a forwarded one.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from typing import ClassVar, Protocol
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Protocol
 
 from lethe.service.protocol import (
     ChatCompletionChoice,
@@ -20,55 +21,41 @@ from lethe.service.protocol import (
     ChatCompletionStreamChoice,
     ChatResponseMessage,
     CompletionChoice,
+    CompletionLogProbs,
     CompletionResponse,
     DeltaMessage,
     UsageInfo,
 )
 
+Kind = Literal["chat", "completions"]
 _NO_USAGE = {"usage"}
 
 
-class ChatShaper(Protocol):
-    """Writes one chat completion's body, or its stream chunks."""
+@dataclass(frozen=True)
+class Choice:
+    """One generated choice, as the serving classes hand it to a shaper."""
+
+    text: str
+    finish_reason: str
+    stop_reason: str | int | None = None
+    logprobs: CompletionLogProbs | None = None
+
+
+class Shaper(Protocol):
+    """Writes one response: whole, or as stream chunks."""
 
     request_id: str
 
-    def whole(self, text: str, finish_reason: str, usage: UsageInfo) -> bytes:
-        """The whole response."""
+    def whole(self, choices: Sequence[Choice], usage: UsageInfo) -> bytes:
+        """The whole response body."""
         ...
 
-    def opening(self) -> bytes:
-        """The first chunk (the assistant's role)."""
+    def opening(self) -> list[bytes]:
+        """Chunks before any text (a chat stream's role chunk)."""
         ...
 
-    def piece(self, text: str) -> bytes:
-        """A chunk carrying generated text."""
-        ...
-
-    def finish(self, finish_reason: str) -> bytes:
-        """The chunk that ends the choice."""
-        ...
-
-    def usage(self, usage: UsageInfo) -> bytes | None:
-        """The usage chunk, if the client asked for one."""
-        ...
-
-
-class CompletionShaper(Protocol):
-    """Writes one completion's body, or its stream chunks."""
-
-    request_id: str
-
-    def whole(self, choices: Sequence[CompletionChoice], usage: UsageInfo) -> bytes:
-        """The whole response."""
-        ...
-
-    def piece(self, text: str) -> bytes:
-        """A chunk carrying text."""
-        ...
-
-    def finish(self, finish_reason: str) -> bytes:
-        """The chunk that ends the choice."""
+    def delta(self, text: str, finish: Choice | None = None) -> list[bytes]:
+        """The chunks for new text; with ``finish``, the choice ends here (its own text is ignored)."""
         ...
 
     def usage(self, usage: UsageInfo) -> bytes | None:
@@ -77,91 +64,80 @@ class CompletionShaper(Protocol):
 
 
 class ResponseShapes(Protocol):
-    """Makes a shaper per request, and says which headers a stream goes out with."""
+    """Makes a shaper per request, and says which headers responses go out with."""
 
-    stream_headers: dict[str, str]
-
-    def chat(self, model: str, include_usage: bool) -> ChatShaper:
-        """A shaper for one chat completion."""
+    def shaper(self, kind: Kind, model: str, include_usage: bool, request_id: str | None) -> Shaper:
+        """A shaper for one response; ``request_id`` is the client's ``X-Request-Id``, if it sent one."""
         ...
 
-    def completion(self, model: str, include_usage: bool) -> CompletionShaper:
-        """A shaper for one completion."""
+    def headers(self, stream: bool) -> dict[str, str]:
+        """Headers of a whole (JSON) or streamed (SSE) response."""
         ...
 
 
-class LetheChatShaper:
-    """Chat bodies and chunks as ``service.protocol`` defines them."""
+class LetheShaper:
+    """Bodies and chunks as ``service.protocol`` defines them."""
 
-    def __init__(self, model: str, include_usage: bool):
-        self.request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    def __init__(self, kind: Kind, model: str, include_usage: bool):
+        self.kind = kind
+        self.request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
 
-    def whole(self, text: str, finish_reason: str, usage: UsageInfo) -> bytes:
-        """The whole response."""
-        choice = ChatCompletionChoice(index=0, message=ChatResponseMessage(content=text), finish_reason=finish_reason)
-        response = ChatCompletionResponse(
-            id=self.request_id, created=self.created, model=self.model, choices=[choice], usage=usage
-        )
-        return response.json_bytes()
+    def whole(self, choices: Sequence[Choice], usage: UsageInfo) -> bytes:
+        """A chat completion or a completion."""
+        if self.kind == "chat":
+            chat = [
+                ChatCompletionChoice(
+                    index=i, message=ChatResponseMessage(content=c.text), finish_reason=c.finish_reason
+                )
+                for i, c in enumerate(choices)
+            ]
+            return ChatCompletionResponse(
+                id=self.request_id, created=self.created, model=self.model, choices=chat, usage=usage
+            ).json_bytes()
+        return self._completion(
+            [
+                CompletionChoice(index=i, text=c.text, logprobs=c.logprobs, finish_reason=c.finish_reason)
+                for i, c in enumerate(choices)
+            ],
+            usage,
+        ).json_bytes()
 
-    def _chunk(self, choices: list[ChatCompletionStreamChoice], usage: UsageInfo | None = None) -> bytes:
-        chunk = ChatCompletionChunk(
+    def _completion(self, choices: list[CompletionChoice], usage: UsageInfo | None = None) -> CompletionResponse:
+        return CompletionResponse(
             id=self.request_id, created=self.created, model=self.model, choices=choices, usage=usage
         )
-        return chunk.json_bytes(exclude=None if self.include_usage else _NO_USAGE)
 
-    def opening(self) -> bytes:
-        """The role chunk."""
-        return self._chunk([ChatCompletionStreamChoice(delta=DeltaMessage(role="assistant", content=""))])
+    def _chunk(self, delta: DeltaMessage | str, finish_reason: str | None = None) -> bytes:
+        if isinstance(delta, DeltaMessage):
+            choice = ChatCompletionStreamChoice(delta=delta, finish_reason=finish_reason)
+            chunk = ChatCompletionChunk(id=self.request_id, created=self.created, model=self.model, choices=[choice])
+            return chunk.json_bytes(exclude=None if self.include_usage else _NO_USAGE)
+        body = self._completion([CompletionChoice(index=0, text=delta, finish_reason=finish_reason)])
+        return body.json_bytes(exclude=None if self.include_usage else _NO_USAGE)
 
-    def piece(self, text: str) -> bytes:
-        """A content chunk."""
-        return self._chunk([ChatCompletionStreamChoice(delta=DeltaMessage(content=text))])
+    def opening(self) -> list[bytes]:
+        """A chat stream's role chunk."""
+        return [self._chunk(DeltaMessage(role="assistant", content=""))] if self.kind == "chat" else []
 
-    def finish(self, finish_reason: str) -> bytes:
-        """An empty delta with the finish reason."""
-        return self._chunk([ChatCompletionStreamChoice(delta=DeltaMessage(), finish_reason=finish_reason)])
-
-    def usage(self, usage: UsageInfo) -> bytes | None:
-        """``choices: []`` with the usage, when asked for."""
-        return self._chunk([], usage) if self.include_usage else None
-
-
-class LetheCompletionShaper:
-    """Completion bodies and chunks as ``service.protocol`` defines them."""
-
-    def __init__(self, model: str, include_usage: bool):
-        self.request_id = f"cmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.model = model
-        self.include_usage = include_usage
-
-    def _response(self, choices: Sequence[CompletionChoice], usage: UsageInfo | None = None) -> CompletionResponse:
-        return CompletionResponse(
-            id=self.request_id, created=self.created, model=self.model, choices=list(choices), usage=usage
-        )
-
-    def whole(self, choices: Sequence[CompletionChoice], usage: UsageInfo) -> bytes:
-        """The whole response."""
-        return self._response(choices, usage).json_bytes()
-
-    def _chunk(self, choices: Sequence[CompletionChoice], usage: UsageInfo | None = None) -> bytes:
-        return self._response(choices, usage).json_bytes(exclude=None if self.include_usage else _NO_USAGE)
-
-    def piece(self, text: str) -> bytes:
-        """A text chunk."""
-        return self._chunk([CompletionChoice(index=0, text=text)])
-
-    def finish(self, finish_reason: str) -> bytes:
-        """An empty text with the finish reason."""
-        return self._chunk([CompletionChoice(index=0, text="", finish_reason=finish_reason)])
+    def delta(self, text: str, finish: Choice | None = None) -> list[bytes]:
+        """A text chunk, then (at the end) a chunk with an empty delta and the finish reason."""
+        chunks = [self._chunk(DeltaMessage(content=text) if self.kind == "chat" else text)] if text else []
+        if finish is not None:
+            chunks.append(self._chunk(DeltaMessage() if self.kind == "chat" else "", finish.finish_reason))
+        return chunks
 
     def usage(self, usage: UsageInfo) -> bytes | None:
         """``choices: []`` with the usage, when asked for."""
-        return self._chunk([], usage) if self.include_usage else None
+        if not self.include_usage:
+            return None
+        if self.kind == "chat":
+            return ChatCompletionChunk(
+                id=self.request_id, created=self.created, model=self.model, choices=[], usage=usage
+            ).json_bytes()
+        return self._completion([], usage).json_bytes()
 
 
 class LetheShapes:
@@ -169,13 +145,13 @@ class LetheShapes:
 
     stream_headers: ClassVar[dict[str, str]] = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
-    def chat(self, model: str, include_usage: bool) -> LetheChatShaper:
-        """A Lethe chat shaper."""
-        return LetheChatShaper(model, include_usage)
+    def shaper(self, kind: Kind, model: str, include_usage: bool, request_id: str | None = None) -> LetheShaper:
+        """A Lethe shaper (local mode ignores ``X-Request-Id``)."""
+        return LetheShaper(kind, model, include_usage)
 
-    def completion(self, model: str, include_usage: bool) -> LetheCompletionShaper:
-        """A Lethe completion shaper."""
-        return LetheCompletionShaper(model, include_usage)
+    def headers(self, stream: bool) -> dict[str, str]:
+        """No-cache, unbuffered streams; whole responses carry only their content type."""
+        return dict(self.stream_headers) if stream else {}
 
 
 LETHE_SHAPES = LetheShapes()

@@ -33,6 +33,7 @@ from starlette.requests import Request
 
 from lethe.runtime.embedder import PromptEmbedder
 from lethe.runtime.generation import SamplingParams
+from lethe.runtime.interventions import InterventionPlan
 from lethe.runtime.plans import compose_plans, plan_for_flag
 from lethe.runtime.prompt import TemplatedPrompt
 from lethe.runtime.screening import ForgetSetScreen, Verdict
@@ -85,10 +86,10 @@ class ScreenedPrompt:
         """Tokens of the client's prompt (soft-prompt positions a plan adds are not counted)."""
         return int(self.embeds.shape[0]) if self.embeds is not None else len(self.rendered.ids)
 
-    def request(self, params: SamplingParams) -> BackendRequest:
-        """The backend request: no plan unless a forget set flagged this prompt."""
-        plan = self.verdict.plan if self.verdict.flagged else None
-        return BackendRequest(self.rendered, params, plan, self.embeds)
+    @property
+    def plan(self) -> InterventionPlan | None:
+        """The plan to apply: none unless a forget set flagged this prompt."""
+        return self.verdict.plan if self.verdict.flagged else None
 
     def audit_digest(self) -> dict[str, str]:
         """What the audit log keeps of the prompt: ``prompt_sha256`` of the rendered text, or ``embeds_sha256``."""
@@ -124,6 +125,20 @@ class ScreenedRequest:
     def elapsed(self) -> float:
         """Seconds since the request's screening began."""
         return time.perf_counter() - self.started
+
+    @property
+    def explicit(self) -> frozenset[str]:
+        """The sampling parameters the client set (the others take the model's generation defaults)."""
+        body = self.body
+        given = {"max_tokens": body.requested_max_tokens(), "temperature": body.temperature, "top_p": body.top_p}
+        return frozenset(name for name, value in given.items() if value is not None)
+
+    def backend_requests(self, params: SamplingParams) -> list[BackendRequest]:
+        """One backend request per prompt: the rendered prompt (or uploaded rows), its plan, the parameters."""
+        return [
+            BackendRequest(item.rendered, params, item.plan, item.embeds, self.explicit, self.endpoint)
+            for item in self.prompts
+        ]
 
 
 class ScreeningStep:
@@ -204,7 +219,8 @@ class ScreeningStep:
     def _completion_prompt(self, body: CompletionRequest, item: str | list[int]) -> ScreenedPrompt:
         if body.prompt_embeds is not None:
             assert isinstance(item, str)
-            embeds = decode_prompt_embeds(item, self.embedder.hidden_size, self._embeds_limit(), self.embedder.dtype)
+            decoded = decode_prompt_embeds(item, self.embedder.hidden_size, self._embeds_limit(), self.embedder.dtype)
+            embeds = self.backend.embedding_rows(decoded)
             ids = nearest_token_ids(self.embedder, embeds)
             return ScreenedPrompt(embeds=embeds, prompt=prompt_from_ids(self.embedder, ids))
         if isinstance(item, str):

@@ -42,7 +42,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-queue-depth", type=int, help="waiting generations before a 503 (LETHE_MAX_QUEUE_DEPTH)")
     serve.add_argument("--decode-workers", type=int, help="batches decoded at once (LETHE_DECODE_WORKERS)")
     serve.add_argument("--max-new-tokens", type=int, help="largest max_tokens accepted (LETHE_MAX_NEW_TOKENS)")
-    serve.add_argument("--max-prompt-tokens", type=int, help="longest prompt accepted (LETHE_MAX_PROMPT_TOKENS)")
+    serve.add_argument(
+        "--max-prompt-tokens", type=int, help="longest prompt accepted, local mode (LETHE_MAX_PROMPT_TOKENS)"
+    )
     serve.add_argument("--max-body-bytes", type=int, help="largest request body (LETHE_MAX_BODY_BYTES)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_proxy_arguments(serve)
@@ -112,6 +114,11 @@ def add_proxy_arguments(serve: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--refusal-message", help="answer of the refuse policy (LETHE_REFUSAL_MESSAGE)")
     group.add_argument(
+        "--upstream-dtype",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        help="dtype of prompt_embeds sent upstream; auto: the model config's, bf16 for float32 (LETHE_UPSTREAM_DTYPE)",
+    )
+    group.add_argument(
         "--upstream-timeout", type=float, help="seconds to wait for upstream bytes (LETHE_UPSTREAM_TIMEOUT_S)"
     )
 
@@ -125,5 +132,6 @@ def proxy_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "upstream_prompt_embeds": args.upstream_prompt_embeds,
         "no_embeds_policy": args.no_embeds_policy,
         "refusal_message": args.refusal_message,
+        "upstream_dtype": args.upstream_dtype,
         "upstream_timeout_s": args.upstream_timeout,
     }

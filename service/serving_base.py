@@ -22,7 +22,7 @@ from lethe.service.errors import SERVER, APIError, bad_request, error_body
 from lethe.service.gateway import Gateway
 from lethe.service.protocol import UsageInfo
 from lethe.service.request_rules import Endpoint
-from lethe.service.response_shapes import ChatShaper, CompletionShaper, ResponseShapes
+from lethe.service.response_shapes import Choice, ResponseShapes, Shaper
 from lethe.service.screening_step import ScreenedRequest
 
 T = TypeVar("T")
@@ -35,9 +35,9 @@ def sse(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
-def json_response(body: bytes, headers: dict[str, str] | None = None) -> Response:
+def json_response(body: bytes) -> Response:
     """A 200 with a JSON body already serialized."""
-    return Response(body, media_type="application/json", headers=headers)
+    return Response(body, media_type="application/json")
 
 
 async def gather(awaitables: Sequence[Awaitable[T]]) -> list[T]:
@@ -83,8 +83,11 @@ class OpenAIServing:
     def sampling(self, screened: ScreenedRequest, default_max_tokens: int) -> SamplingParams:
         """Sampling parameters; a default ``max_tokens`` shrinks to the context left after the longest prompt."""
         body = screened.body
+        defaults = self.gateway.backend.generation_defaults
         max_tokens = body.requested_max_tokens()
-        wanted = min(default_max_tokens, self.gateway.settings.max_new_tokens) if max_tokens is None else max_tokens
+        wanted = defaults.cap(min(default_max_tokens, self.gateway.settings.max_new_tokens))
+        if max_tokens is not None:
+            wanted = max_tokens
         context = self.gateway.backend.context_length
         if context is not None:
             longest = max(item.prompt_tokens for item in screened.prompts)
@@ -100,8 +103,8 @@ class OpenAIServing:
                 )
         return SamplingParams(
             max_new_tokens=wanted,
-            temperature=1.0 if body.temperature is None else float(body.temperature),
-            top_p=1.0 if body.top_p is None else float(body.top_p),
+            temperature=defaults.temperature if body.temperature is None else float(body.temperature),
+            top_p=defaults.top_p if body.top_p is None else float(body.top_p),
             seed=body.seed,
             stop=body.stop_sequences(),
         )
@@ -128,13 +131,22 @@ class OpenAIServing:
     ) -> list[Completion]:
         """Every prompt generated concurrently (they share micro-batches), audited."""
         backend = self.gateway.backend
-        work = gather([backend.generate(item.request(params)) for item in screened.prompts])
+        work = gather([backend.generate(request) for request in screened.backend_requests(params)])
         return await self.audited(screened, request_id, work)
+
+    def shaper(self, request: Request, screened: ScreenedRequest) -> Shaper:
+        """The writer of this request's response (the client's ``X-Request-Id`` is used where the upstream would)."""
+        body = screened.body
+        return self.shapes.shaper(self.endpoint, body.model, body.include_usage(), request.headers.get("x-request-id"))
+
+    def whole(self, shaper: Shaper, choices: Sequence[Choice], usage: UsageInfo) -> Response:
+        """A whole JSON response."""
+        return Response(shaper.whole(choices, usage), media_type="application/json", headers=self.shapes.headers(False))
 
     async def stream(
         self,
         screened: ScreenedRequest,
-        shaper: ChatShaper | CompletionShaper,
+        shaper: Shaper,
         params: SamplingParams,
         opening: Sequence[bytes] = (),
     ) -> StreamingResponse:
@@ -142,7 +154,7 @@ class OpenAIServing:
         so a full queue is still a 503."""
         gateway = self.gateway
         item = screened.prompts[0]
-        deltas = gateway.backend.stream(item.request(params))
+        deltas = gateway.backend.stream(screened.backend_requests(params)[0])
         try:
             first = await anext(deltas)
         except BaseException as exc:
@@ -158,11 +170,11 @@ class OpenAIServing:
                     yield sse(payload)
                 delta: Delta = first
                 while True:
-                    if delta.text:
-                        yield sse(shaper.piece(delta.text))
                     produced = delta.completion_tokens
-                    if delta.finished:
-                        yield sse(shaper.finish(delta.finish_reason or "stop"))
+                    finish = Choice("", delta.finish_reason or "stop", delta.stop_reason) if delta.finished else None
+                    for chunk in shaper.delta(delta.text, finish):
+                        yield sse(chunk)
+                    if finish is not None:
                         break
                     delta = await anext(deltas)
                 if (usage := shaper.usage(UsageInfo.of(item.prompt_tokens, produced))) is not None:
@@ -181,4 +193,4 @@ class OpenAIServing:
                 await deltas.aclose()
                 gateway.inference_audit.served(screened, shaper.request_id, status, [produced], True)
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers=self.shapes.stream_headers)
+        return StreamingResponse(events(), media_type="text/event-stream", headers=self.shapes.headers(True))

@@ -8,10 +8,10 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import Response
 
-from lethe.service.protocol import CompletionChoice, CompletionLogProbs, CompletionRequest, UsageInfo
-from lethe.service.response_shapes import CompletionShaper
+from lethe.service.protocol import CompletionLogProbs, CompletionRequest, UsageInfo
+from lethe.service.response_shapes import Choice, Shaper
 from lethe.service.screening_step import ScreenedPrompt, ScreenedRequest
-from lethe.service.serving_base import OpenAIServing, gather, json_response
+from lethe.service.serving_base import OpenAIServing, gather
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16
 
@@ -27,43 +27,37 @@ class OpenAIServingCompletion(OpenAIServing):
         body = screened.body
         assert isinstance(body, CompletionRequest)
         params = self.sampling(screened, DEFAULT_COMPLETION_MAX_TOKENS)
-        shaper = self.shapes.completion(body.model, body.include_usage())
+        shaper = self.shaper(request, screened)
         if body.logprobs is not None:
             return await self._echo_logprobs(screened, shaper)
         echoed = [self._echo(body, item) for item in screened.prompts]
         if body.stream:
-            opening = [shaper.piece(echoed[0])] if echoed[0] else []
-            return await self.stream(screened, shaper, params, opening)
+            return await self.stream(screened, shaper, params, opening=shaper.delta(echoed[0]))
         results = await self.generate_all(screened, shaper.request_id, params)
         choices = [
-            CompletionChoice(index=index, text=prefix + result.text, finish_reason=result.finish_reason)
-            for index, (prefix, result) in enumerate(zip(echoed, results, strict=True))
+            Choice(prefix + result.text, result.finish_reason, result.stop_reason)
+            for prefix, result in zip(echoed, results, strict=True)
         ]
         usage = UsageInfo.of(
             sum(item.prompt_tokens for item in screened.prompts), sum(r.completion_tokens for r in results)
         )
-        return json_response(shaper.whole(choices, usage))
+        return self.whole(shaper, choices, usage)
 
     @staticmethod
     def _echo(body: CompletionRequest, item: ScreenedPrompt) -> str:
         return item.rendered.text if body.echo else ""
 
-    async def _echo_logprobs(self, screened: ScreenedRequest, shaper: CompletionShaper) -> Response:
+    async def _echo_logprobs(self, screened: ScreenedRequest, shaper: Shaper) -> Response:
         """Prompt log-probs in the legacy shape (``max_tokens=0``, ``echo=true``), as harnesses use for scoring."""
         body = screened.body
         assert isinstance(body, CompletionRequest)
         top_n = int(body.logprobs or 0)
         backend = self.gateway.backend
-        scoring = gather(
-            [
-                backend.prompt_logprobs(item.rendered.ids, item.verdict.plan if item.verdict.flagged else None, top_n)
-                for item in screened.prompts
-            ]
-        )
+        scoring = gather([backend.prompt_logprobs(item.rendered.ids, item.plan, top_n) for item in screened.prompts])
         scored_all = await self.audited(screened, shaper.request_id, scoring, tokens=lambda _: 0)
         embedder = backend.embedder
         choices = []
-        for index, (item, scored) in enumerate(zip(screened.prompts, scored_all, strict=True)):
+        for item, scored in zip(screened.prompts, scored_all, strict=True):
             top: list[dict[str, float] | None] = []
             for entry in scored.top_logprobs:
                 if entry is None:
@@ -79,7 +73,6 @@ class OpenAIServingCompletion(OpenAIServing):
                 top_logprobs=top,
                 text_offset=[start for start, _ in item.rendered.offsets],
             )
-            choice = CompletionChoice(index=index, text=item.rendered.text, logprobs=logprobs, finish_reason="length")
-            choices.append(choice)
+            choices.append(Choice(item.rendered.text, "length", logprobs=logprobs))
         usage = UsageInfo.of(sum(item.prompt_tokens for item in screened.prompts), 0)
-        return json_response(shaper.whole(choices, usage))
+        return self.whole(shaper, choices, usage)

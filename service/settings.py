@@ -48,6 +48,9 @@ class GatewaySettings(RuntimeSettings):
         default="refuse", description="Flagged requests when the upstream takes no prompt_embeds."
     )
     refusal_message: str = "I'm sorry, but I can't help with that request."
+    upstream_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto", description="dtype of prompt_embeds sent upstream (auto: the model config's; bf16 for float32)."
+    )
     embeddings_from: str | None = Field(
         default=None, description="Proxy mode: model whose tokenizer and embedding matrix to load (default: model)."
     )

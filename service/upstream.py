@@ -120,9 +120,10 @@ class UpstreamClient:
         except httpx.HTTPError as exc:
             raise upstream_error(exc) from None
 
-    async def post_json(self, path: str, payload: dict[str, Any]) -> tuple[int, Any]:
-        """POST JSON and read the whole answer: ``(status, parsed body or None)``."""
-        response = await self.open(self.build(path, json.dumps(payload).encode()))
+    async def post_json(self, path: str, payload: dict[str, Any] | bytes) -> tuple[int, Any]:
+        """POST JSON (a payload, or its bytes) and read the whole answer: ``(status, parsed body or None)``."""
+        content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        response = await self.open(self.build(path, content))
         try:
             raw = await response.aread()
         except httpx.HTTPError as exc:

@@ -26,6 +26,7 @@ import pytest
 import torch
 from proxy_support import FaultRelay, ThreadServer
 from support import assert_openai_error
+from vllm_stub import VllmStub
 
 from lethe.benchmarks.server_harness import ADMIN_KEY, API_KEY, GatewayServer
 from lethe.runtime.artifact import (
@@ -37,15 +38,18 @@ from lethe.runtime.artifact import (
     SpulParameters,
     utc_now,
 )
+from lethe.runtime.embedder import PromptEmbedder
 from lethe.runtime.generation import SamplingParams
 from lethe.runtime.model import LanguageModel
 from lethe.runtime.screening import ForgetSetScreen
 from lethe.service.app import create_app
 from lethe.service.artifact_archive import pack_artifact
 from lethe.service.gateway import build_gateway, local_backend
-from lethe.service.proxy_backend import ProxyBackend, encode_prompt_embeds
+from lethe.service.generation_defaults import GenerationDefaults
+from lethe.service.proxy_backend import ProxyBackend
 from lethe.service.settings import GatewaySettings
 from lethe.service.text_corruption import corrupt_token_ids, corruption_mask, replacement_vocabulary
+from lethe.service.upstream_embeddings import UnsupportedModelFamily, UpstreamEmbeddings, encode_prompt_embeds
 
 MODEL = "tiny-authors"
 TIMEOUT_S = 3.0
@@ -110,6 +114,7 @@ def launched(tmp_path_factory: pytest.TempPathFactory, authors_paths: dict[str, 
         env={
             **threads,
             "LETHE_UPSTREAM_API_KEY": API_KEY,
+            "LETHE_UPSTREAM_DTYPE": "float32",  # the upstream, a local-mode Lethe, runs in float32
             "LETHE_UPSTREAM_TIMEOUT_S": str(TIMEOUT_S),
             "LETHE_MAX_IMPORT_BYTES": str(MAX_IMPORT_BYTES),
             "LETHE_MAX_IMPORT_UNPACKED_BYTES": str(MAX_UNPACKED_BYTES),
@@ -515,6 +520,7 @@ def _policy_proxy(stack: dict[str, Any], upstream: ThreadServer, policy: str, fo
         no_embeds_policy=policy,
         refusal_message="I cannot discuss that.",
         upstream_timeout_s=TIMEOUT_S,
+        upstream_dtype="float32",
     )
     backend = ProxyBackend(settings, stack["tiny"].embedder)
     gateway = build_gateway(settings, backend, [(a, "cli") for a in stack["artifacts"]])
@@ -548,7 +554,7 @@ def test_policies_without_prompt_embeds(
         blocked = assert_openai_error(_chat(servers["block"].url, forget[0], model=name), 403)
         assert blocked["code"] == "blocked" and forget[0] not in blocked["message"]
 
-        # text: the selected tokens replaced by seeded random tokens, the text forwarded.
+        # text: the selected tokens replaced by seeded random tokens, their ids forwarded (no re-tokenizing).
         messages = [{"role": "user", "content": forget[0]}]
         prompt = tiny.chat_prompt(messages)
         plan = ForgetSetScreen(artifacts).screen(prompt, messages, request_seed=0, embed=tiny.embed).plan
@@ -560,14 +566,304 @@ def test_policies_without_prompt_embeds(
             a for a, m in zip(prompt.ids, mask, strict=True) if not m
         ]
         assert ids != list(prompt.ids)
-        text = tiny.tokenizer.decode(ids, skip_special_tokens=False)
-        expected = tiny.generate(tiny.text_prompt(text), GREEDY).text
+        expected = tiny.generate(ids, GREEDY).text
         text_url = servers["text"].url
         first, again = (_content(_chat(text_url, forget[0], model=name)) for _ in range(2))
         assert first == again == expected
     finally:
         for server in servers.values():
             server.stop()
+
+
+# Against a vLLM-faithful upstream (tests/vllm_stub.py) ---------------------------------------
+
+VLLM_NAME = "tiny-vllm"
+STUB_GENERATION_CONFIG = {"temperature": 0.6, "top_p": 0.9, "max_new_tokens": 24}
+
+
+def _stub_proxy(
+    stack: dict[str, Any], upstream: ThreadServer, folder: Path, **overrides: Any
+) -> tuple[ThreadServer, ProxyBackend]:
+    """An in-thread proxy (no keys, loopback) in front of ``upstream`` with the module's forget set."""
+    settings = GatewaySettings(
+        registry=folder, upstream=upstream.url, upstream_model=VLLM_NAME, upstream_timeout_s=TIMEOUT_S, **overrides
+    )
+    defaults = GenerationDefaults.from_values(STUB_GENERATION_CONFIG)
+    backend = ProxyBackend(settings, stack["tiny"].embedder, generation_defaults=defaults)
+    gateway = build_gateway(settings, backend, [(a, "cli") for a in stack["artifacts"]])
+    server = ThreadServer(create_app(gateway)).start()
+    deadline = time.monotonic() + 30
+    while (backend.prompt_embeds is None or backend.shapes is None) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backend.prompt_embeds is not None and backend.shapes is not None
+    return server, backend
+
+
+@pytest.fixture(scope="module")
+def vllm(stack: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The vLLM stub on the test's tiny model (bf16 like vLLM on a GPU) and a proxy in front of it."""
+    stub = VllmStub(stack["tiny"], VLLM_NAME, dtype=torch.bfloat16, generation_config=STUB_GENERATION_CONFIG)
+    upstream = ThreadServer(stub.app).start()
+    proxy, backend = _stub_proxy(stack, upstream, tmp_path_factory.mktemp("vllm") / "registry")
+    yield {"stub": stub, "upstream": upstream, "proxy": proxy, "backend": backend}
+    proxy.stop()
+    upstream.stop()
+
+
+def _encode(tensor: Any) -> str:
+    buffer = io.BytesIO()
+    torch.save(tensor, buffer)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _post(url: str, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
+    with httpx.Client(base_url=url, timeout=60) as client:
+        return client.post(path, json=body, headers=headers)
+
+
+def test_the_stub_upstream_does_what_vllm_does(stack: dict[str, Any], vllm: dict[str, Any]) -> None:
+    tiny, url = stack["tiny"], vllm["upstream"].url
+    embeds = tiny.embed(tiny.text_prompt("Where was the author born?").ids)
+    body = {"model": VLLM_NAME, "max_tokens": 4, "temperature": 0}
+    # Both prompt and prompt_embeds: vLLM generates for both; n choices per prompt.
+    both = _post(url, "/v1/completions", {**body, "prompt": "Hello", "prompt_embeds": _encode(embeds)})
+    assert both.status_code == 200 and len(both.json()["choices"]) == 2
+    several = _post(url, "/v1/completions", {**body, "prompt_embeds": [_encode(embeds)] * 2, "n": 2})
+    assert [c["index"] for c in several.json()["choices"]] == [0, 1, 2, 3]
+    assert _post(url, "/v1/completions", {**body, "prompt_embeds": _encode(embeds[None])}).status_code == 200
+    for refused in (
+        {"prompt_embeds": _encode(embeds), "echo": True},
+        {"prompt_embeds": _encode(embeds), "prompt_logprobs": 1},
+        {"prompt_embeds": _encode(torch.randn(3, tiny.hidden_size + 1))},
+        {"prompt_embeds": _encode(torch.ones(3, tiny.hidden_size, dtype=torch.int64))},
+    ):
+        answer = _post(url, "/v1/completions", {**body, **refused})
+        assert answer.status_code == 400 and answer.json()["error"]["type"] == "BadRequestError"
+    whole = _post(url, "/v1/chat/completions", {**body, "messages": [{"role": "user", "content": "Hi"}]}).json()
+    assert len(whole["id"]) == len("chatcmpl-") + 16 and "stop_reason" in whole["choices"][0]
+    with httpx.Client(base_url=url, timeout=60) as client:
+        streamed = {**body, "prompt": "Hello", "stream": True, "stream_options": {"include_usage": True}}
+        with client.stream("POST", "/v1/completions", json=streamed) as response:
+            events = _stream_events(response)
+    assert events[-1] == "[DONE]" and json.loads(events[-2])["choices"] == []
+    whole_usage = _post(url, "/v1/completions", {**body, "prompt": "Hello"}).json()["usage"]
+    assert json.loads(events[-2])["usage"] == {k: v for k, v in whole_usage.items() if v is not None}
+
+
+def _shape(value: Any) -> Any:
+    """A JSON value's structure: keys in order and value types, without the values."""
+    if isinstance(value, dict):
+        return [(key, _shape(item)) for key, item in value.items()]
+    if isinstance(value, list):
+        return [_shape(item) for item in value[:1]]
+    return type(value).__name__
+
+
+def _id_form(identifier: str) -> tuple[str, int]:
+    prefix, _, suffix = identifier.rpartition("-")
+    return prefix, len(suffix)
+
+
+def _answer(url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Status, headers (names, content type) and body structure of an answer, whole or streamed."""
+    with httpx.Client(base_url=url, timeout=60) as client, client.stream("POST", path, json=body) as response:
+        raw = response.read().decode()
+    headers = sorted(k for k in response.headers if k not in ("date", "content-length"))
+    events = [line[len("data: ") :] for line in raw.splitlines() if line.startswith("data: ")]
+    bodies = [json.loads(e) for e in events if e != "[DONE]"] if body.get("stream") else [json.loads(raw)]
+    shapes = [_shape(b) for b in bodies]
+    return {
+        "status": response.status_code,
+        "headers": headers,
+        "content-type": response.headers.get("content-type"),
+        "shapes": [shape for i, shape in enumerate(shapes) if i == 0 or shape != shapes[i - 1]],  # text chunks once
+        "ids": sorted({_id_form(b["id"]) for b in bodies if "id" in b}),
+        "done": events[-1:] == ["[DONE]"],
+        "errors": [b for b in bodies if "error" in b],
+    }
+
+
+def test_flagged_and_unflagged_requests_cannot_be_told_apart(
+    vllm: dict[str, Any], world_rows: dict[str, list[dict]]
+) -> None:
+    stub, proxy = vllm["stub"], vllm["proxy"]
+    forget, retain = _questions(world_rows)
+    refused = [
+        {"n": 2}, {"logprobs": True}, {"logit_bias": {"5": 10}}, {"tools": [{"type": "function"}]},
+        {"presence_penalty": 0.5}, {"response_format": {"type": "json_object"}}, {"surprise": 1}, {"max_tokens": 99999},
+    ]  # fmt: skip
+    for extra in refused:
+        answers = [
+            _post(proxy.url, "/v1/chat/completions", _chat_body(q, model=VLLM_NAME, **extra))
+            for q in (forget[0], retain[0])
+        ]
+        assert answers[0].status_code == answers[1].status_code == 400, extra
+        assert answers[0].json() == answers[1].json()
+    for extra in ({"echo": True, "logprobs": 1, "max_tokens": 0}, {"best_of": 2}, {"suffix": "x"}):
+        answers = [
+            _post(proxy.url, "/v1/completions", {"model": VLLM_NAME, "prompt": q, **extra})
+            for q in (forget[0], retain[0])
+        ]
+        assert answers[0].status_code == answers[1].status_code == 400, extra
+        assert answers[0].json() == answers[1].json()
+
+    served = {
+        "chat": ("/v1/chat/completions", lambda q: {"model": VLLM_NAME, "messages": [{"role": "user", "content": q}]}),
+        "completions": ("/v1/completions", lambda q: {"model": VLLM_NAME, "prompt": q}),
+    }
+    for path, body in served.values():
+        for extra in ({}, {"stream": True}, {"stream": True, "stream_options": {"include_usage": True}}):
+            before = len(stub.requests)
+            flagged = _answer(proxy.url, path, {**body(forget[0]), "max_tokens": 6, "seed": 3, **extra})
+            plain = _answer(proxy.url, path, {**body(retain[0]), "max_tokens": 6, "seed": 3, **extra})
+            assert flagged == plain, (path, extra)
+            assert flagged["status"] == 200 and not flagged["errors"] and flagged["done"] == bool(extra)
+            # The flagged one was really embedded; the plain one forwarded as sent.
+            [embedded, forwarded] = stub.requests[before:]
+            assert "prompt_embeds" in embedded.body and embedded.path == "/v1/completions"
+            assert forwarded.path == path and "prompt_embeds" not in forwarded.body
+
+
+def test_every_screening_bypass_is_refused_before_the_upstream(
+    stack: dict[str, Any], vllm: dict[str, Any], world_rows: dict[str, list[dict]]
+) -> None:
+    tiny, stub, proxy = stack["tiny"], vllm["stub"], vllm["proxy"]
+    forget, retain = _questions(world_rows)
+    question = forget[0]
+    hidden = tiny.hidden_size
+    harmless = _encode(tiny.embed(tiny.text_prompt(retain[0]).ids))
+    sparse = _encode(torch.randn(4, hidden).to_sparse())
+    chat = {"model": VLLM_NAME, "max_tokens": 4}
+    plain = _chat_body(retain[0], model=VLLM_NAME)
+    bypasses: dict[str, tuple[str, dict[str, Any]]] = {
+        "prompt and prompt_embeds": ("/v1/completions", {**chat, "prompt": question, "prompt_embeds": harmless}),
+        "prompt_embeds content part": (
+            "/v1/chat/completions",
+            {**chat, "messages": [{"role": "user", "content": [{"type": "prompt_embeds", "data": harmless}]}]},
+        ),
+        "33 prompt_embeds, the last sparse": ("/v1/completions", {**chat, "prompt_embeds": [harmless] * 32 + [sparse]}),
+        "a sparse second prompt_embeds": ("/v1/completions", {**chat, "prompt_embeds": [harmless, sparse]}),
+        "tool description": (
+            "/v1/chat/completions",
+            {
+                **plain,
+                "tools": [{"type": "function", "function": {"name": "f", "description": question}}],
+            },
+        ),
+        "chat_template": ("/v1/chat/completions", {**plain, "chat_template": question}),
+        "documents": (
+            "/v1/chat/completions",
+            {**plain, "documents": [{"title": "t", "text": question}]},
+        ),
+        "input_text content part": (
+            "/v1/chat/completions",
+            {**chat, "messages": [{"role": "user", "content": [{"type": "input_text", "content": question}]}]},
+        ),
+        "assistant tool call arguments": (
+            "/v1/chat/completions",
+            {
+                **chat,
+                "messages": [
+                    {"role": "user", "content": retain[0]},
+                    {"role": "assistant", "tool_calls": [{"id": "1", "type": "function",
+                                                          "function": {"name": "f", "arguments": question}}]},
+                ],
+            },
+        ),
+    }  # fmt: skip
+    before = len(stub.requests)
+    for name, (path, body) in bypasses.items():
+        error = assert_openai_error(_post(proxy.url, path, body), 400)
+        assert question not in error["message"], name
+    assert len(stub.requests) == before  # nothing reached the upstream
+
+    # With every forget set disabled, uploaded embeddings are still decoded and checked, never passed on as sent.
+    forget_set_id = stack["artifacts"][0].id
+    with httpx.Client(base_url=proxy.url, timeout=30) as admin:
+        assert admin.patch(f"/admin/forget-sets/{forget_set_id}", json={"enabled": False}).status_code == 200
+        try:
+            assert_openai_error(_post(proxy.url, "/v1/completions", {**chat, "prompt_embeds": sparse}), 400)
+            assert len(stub.requests) == before
+            answer = _post(proxy.url, "/v1/completions", {**chat, "temperature": 0, "prompt_embeds": harmless})
+            assert answer.status_code == 200, answer.text
+            [sent] = stub.requests[before:]
+            assert sent.body["prompt_embeds"] != harmless  # re-encoded here, in the upstream's dtype
+            assert sent.embeds_dtypes == [torch.bfloat16]
+        finally:
+            assert admin.patch(f"/admin/forget-sets/{forget_set_id}", json={"enabled": True}).status_code == 200
+
+
+def test_generation_defaults_apply_alike_flagged_or_not(
+    vllm: dict[str, Any], world_rows: dict[str, list[dict]]
+) -> None:
+    stub, proxy = vllm["stub"], vllm["proxy"]
+    forget, retain = _questions(world_rows)
+    chat = {"model": VLLM_NAME, "seed": 5}
+    for path, body in (
+        ("/v1/chat/completions", lambda q: {**chat, "messages": [{"role": "user", "content": q}]}),
+        ("/v1/completions", lambda q: {**chat, "prompt": q}),
+    ):
+        before = len(stub.requests)
+        for question in (forget[0], retain[0]):
+            assert _post(proxy.url, path, body(question)).status_code == 200
+        flagged, plain = (r.sampling[0] for r in stub.requests[before:])
+        assert "prompt_embeds" in stub.requests[before].body
+        assert (flagged.temperature, flagged.top_p, flagged.seed) == (0.6, 0.9, 5)
+        assert flagged == plain  # the generation config's defaults (24 tokens for chat; 16 for completions)
+        assert flagged.max_new_tokens == (24 if path.endswith("chat/completions") else 16)
+
+
+def test_local_mode_applies_the_generation_config(
+    stack: dict[str, Any], authors_paths: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(authors_paths["full"], folder)
+    config = {"temperature": 0.7, "top_p": 0.8, "top_k": 50, "max_new_tokens": 9, "do_sample": True}
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    model = LanguageModel.load(str(folder))
+    settings = GatewaySettings(registry=tmp_path / "registry")
+    server = ThreadServer(create_app(build_gateway(settings, local_backend(model, settings)))).start()
+    try:
+        question = "Where was the author born?"
+        answer = _post(server.url, "/v1/chat/completions", {**_chat_body(question, model=model.name), "seed": 4})
+        expected = model.generate(
+            model.chat_prompt([{"role": "user", "content": question}]),
+            SamplingParams(max_new_tokens=20, temperature=0.0, seed=4),
+        )
+        assert answer.json()["choices"][0]["message"]["content"] == expected.text  # explicit values win
+        body = {"model": model.name, "messages": [{"role": "user", "content": question}], "seed": 4}
+        sampled = _post(server.url, "/v1/chat/completions", body).json()
+        expected = model.generate(
+            model.chat_prompt([{"role": "user", "content": question}]),
+            SamplingParams(max_new_tokens=9, temperature=0.7, top_p=0.8, seed=4),
+        )
+        assert sampled["choices"][0]["message"]["content"] == expected.text
+        assert sampled["usage"]["completion_tokens"] == len(expected.token_ids) <= 9
+    finally:
+        server.stop()
+
+
+def test_embedding_scale_dtype_and_refused_families(stack: dict[str, Any], tmp_path: Path) -> None:
+    tiny = stack["tiny"]
+    base = dict(tiny.embedder.config)
+    assert UpstreamEmbeddings.for_config(base) == UpstreamEmbeddings(torch.bfloat16, None)  # float32 checkpoint
+    assert UpstreamEmbeddings.for_config({**base, "dtype": "float16"}).dtype == torch.float16
+    assert UpstreamEmbeddings.for_config(base, "float32").dtype == torch.float32
+    gemma = UpstreamEmbeddings.for_config({**base, "model_type": "gemma2", "hidden_size": 3584, "dtype": "bfloat16"})
+    assert gemma.scale == 59.75 != 3584**0.5  # vLLM keeps its normalizer in the model dtype (bf16)
+    nested = {"model_type": "gemma3", "text_config": {"model_type": "gemma3_text", "hidden_size": 2560}}
+    assert UpstreamEmbeddings.for_config(nested).scale == float(torch.tensor(2560**0.5, dtype=torch.bfloat16))
+    assert UpstreamEmbeddings.for_config({**base, "model_type": "minicpm", "scale_emb": 12}).scale == 12.0
+    assert UpstreamEmbeddings.for_config({**base, "model_type": "granite", "embedding_multiplier": 12.0}).scale is None
+    rows = tiny.embed([5, 6, 7])
+    assert torch.equal(gemma.prepare(rows), (rows * 59.75).to(torch.bfloat16))
+    for family in ("gemma3n", "gemma4"):
+        embedder = PromptEmbedder(tiny.tokenizer, {**base, "model_type": family}, tiny.embedder.embedding_weight, "x")
+        settings = GatewaySettings(registry=tmp_path, upstream="http://127.0.0.1:9", upstream_model="x")
+        with pytest.raises(UnsupportedModelFamily):
+            ProxyBackend(settings, embedder)
 
 
 def test_stopping_the_upstream_is_a_502_and_the_proxy_stays_up(
