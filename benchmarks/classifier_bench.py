@@ -165,7 +165,8 @@ def bench_world(name: str, config: ClassifierConfig | None = None) -> dict[str, 
         "latency_score_cold": cold_latency,
         "latency_flagged_prompt_with_spans": span_latency,
         "latency_four_message_chat": chat_latency,
-        "vocabulary": {"word": len(model.scorer.word.vocab), "char": len(model.scorer.char.vocab)},
+        "sparse_weights": int(model.head.sparse_index.size),
+        "weight_bytes": model.head.nbytes,
     }
 
 

@@ -62,11 +62,13 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def combine(recall: ConformalThreshold, fpr: ConformalThreshold | None) -> tuple[float, bool]:
+def combine(recall: ConformalThreshold, fpr: ConformalThreshold | None, prefer: str = "recall") -> tuple[float, bool]:
     """The serving threshold and whether both bounds hold at it.
 
-    Ordered thresholds give their logit midpoint (both bounds hold).  Otherwise recall wins: a miss
-    leaks forgotten knowledge, a false alarm only perturbs one answer.
+    Ordered thresholds give their logit midpoint (both bounds hold). Otherwise ``prefer`` decides:
+    ``recall`` (a miss leaks forgotten knowledge, a false alarm only perturbs one answer) or ``fpr``
+    (for a broad topic, whose generated positives include ambiguous ones, keep unrelated questions
+    answered as before).
     """
     if fpr is None:
         return recall.threshold, False
@@ -74,4 +76,4 @@ def combine(recall: ConformalThreshold, fpr: ConformalThreshold | None) -> tuple
         mid = 0.5 * (_logit(fpr.threshold) + _logit(recall.threshold))
         threshold = min(max(1.0 / (1.0 + math.exp(-mid)), fpr.threshold), recall.threshold)
         return threshold, True
-    return recall.threshold, False
+    return (fpr.threshold if prefer == "fpr" else recall.threshold), False

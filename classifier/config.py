@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 
@@ -20,6 +21,7 @@ class ClassifierConfig:
 
     alpha: float = 0.01
     fpr_target: float = 0.01
+    prefer: Literal["recall", "fpr"] = "recall"
     token_mode: Literal["all", "salient"] = "salient"
     seed: int = 0
     word_ngram_max: int = 2
@@ -32,18 +34,21 @@ class ClassifierConfig:
     min_positives: int = 10
     min_calibration: int = 5
     variants_per_prompt: int = 4
+    calibration_variants: int = 4
     frames_per_entity: int = 8
     near_misses_per_prompt: int = 2
     retain_heldout_fraction: float = 0.3
     salient_min_logit: float = 1.0
     salient_relative: float = 0.5
-    featurizer_weight: float = 1.0
+    semantic_weight: float = 2.0
+    hard_negative_share: float = 0.5
 
     def __post_init__(self) -> None:
         checks = {
             "alpha must be in (0, 1)": 0.0 < self.alpha < 1.0,
             "fpr_target must be in (0, 1)": 0.0 < self.fpr_target < 1.0,
             "token_mode must be 'all' or 'salient'": self.token_mode in ("all", "salient"),
+            "prefer must be 'recall' or 'fpr'": self.prefer in ("recall", "fpr"),
             "word_ngram_max must be >= 1": self.word_ngram_max >= 1,
             "char n-gram range must satisfy 1 <= min <= max": 1 <= self.char_ngram_min <= self.char_ngram_max,
             "C must be > 0": self.C > 0,
@@ -53,9 +58,12 @@ class ClassifierConfig:
                 self.calibration_fraction + self.validation_fraction < 0.9,
             "min_calibration must be >= 1": self.min_calibration >= 1,
             "min_positives must be >= 3": self.min_positives >= 3,
-            "variants_per_prompt, frames_per_entity and near_misses_per_prompt must be >= 0":
-                min(self.variants_per_prompt, self.frames_per_entity, self.near_misses_per_prompt) >= 0,
+            "variants_per_prompt, calibration_variants, frames_per_entity and near_misses_per_prompt must be >= 0":
+                min(self.variants_per_prompt, self.calibration_variants, self.frames_per_entity,
+                    self.near_misses_per_prompt) >= 0,
             "retain_heldout_fraction must be in [0, 1)": 0.0 <= self.retain_heldout_fraction < 1.0,
+            "semantic_weight must be >= 0": self.semantic_weight >= 0,
+            "hard_negative_share must be in [0, 1]": 0.0 <= self.hard_negative_share <= 1.0,
         }
         failed = [msg for msg, ok in checks.items() if not ok]
         if failed:
@@ -70,3 +78,19 @@ class ClassifierConfig:
         """Inverse of ``to_dict``; unknown keys are ignored so older artifacts stay loadable."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class ScopeHints:
+    """What a topic forget set adds to its forget prompts (all optional).
+
+    ``positives``: more in-scope texts (coverage prompts, what the model revealed); split and held out
+    like the forget prompts, so they also calibrate. ``entities``: names that belong to the scope (an
+    operator's list, names in translations). ``negatives``: out-of-scope texts close to the scope
+    (adjacent topics); ``negative_entities``: their names, framed like the scope's entities.
+    """
+
+    positives: Sequence[str] = field(default=())
+    entities: Sequence[str] = field(default=())
+    negatives: Sequence[str] = field(default=())
+    negative_entities: Sequence[str] = field(default=())

@@ -10,8 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from lethe.classifier.augment import frames, near_misses, shorten_entities, variants
-from lethe.classifier.config import ClassifierConfig, ClassifierTrainingError
+from lethe.classifier.augment import (
+    frames,
+    in_context,
+    near_misses,
+    ordinary_uses,
+    short_forms,
+    shorten_entities,
+    variants,
+)
+from lethe.classifier.config import ClassifierConfig, ClassifierTrainingError, ScopeHints
 from lethe.classifier.entities import Entity, capitalized_runs, contains_any, mine_entities
 from lethe.classifier.pool import common_words, load_pool
 from lethe.classifier.text import cached_words
@@ -73,14 +81,14 @@ class Splits:
     ret_test: list[str]
 
 
-def split_inputs(forget: list[str], retain: list[str], config: ClassifierConfig, need_val: bool) -> Splits:
+def split_inputs(forget: list[str], retain: list[str], config: ClassifierConfig) -> Splits:
     """Seeded shuffles cut into parts; raises when the forget prompts cannot fill every part."""
     n = len(forget)
     if n < config.min_positives:
         raise ClassifierTrainingError(
             f"too few distinct forget prompts: {n} < min_positives={config.min_positives}")
     n_cal = max(config.min_calibration, round(config.calibration_fraction * n))
-    n_val = max(2 if need_val else 0, round(config.validation_fraction * n))
+    n_val = round(config.validation_fraction * n)
     if n - n_cal - n_val < 3:
         raise ClassifierTrainingError(
             f"too few forget prompts ({n}) for {n_cal} calibration + {n_val} validation + >= 3 training prompts")
@@ -122,16 +130,42 @@ class TrainingData:
     all_entities: list[Entity]
     retain_entities: list[Entity]
     pool_names: list[str]
+    hard_negatives: list[str]
+    hard_val: list[str]
+    hard_test: list[str]
+    negative_surfaces: list[str]
+    common: frozenset[str]
 
 
-def prepare(forget: list[str], retain: list[str], config: ClassifierConfig, need_val: bool) -> TrainingData:
+def given_entities(surfaces: Sequence[str], common: frozenset[str]) -> list[Entity]:
+    """Entities named by the caller; a single ordinary word (``rogue``) is left to the n-grams, not matched."""
+    out = []
+    for surface in dict.fromkeys(s.strip() for s in surfaces if s and s.strip()):
+        words = cached_words(surface)
+        if words and not (len(words) == 1 and words[0] in common):
+            out.append(Entity(words=words, surface=surface))
+    return out
+
+
+def _merged(*groups: Sequence[Entity]) -> list[Entity]:
+    seen: dict[tuple[str, ...], Entity] = {}
+    for group in groups:
+        for entity in group:
+            seen.setdefault(entity.words, entity)
+    return list(seen.values())
+
+
+def prepare(forget: list[str], retain: list[str], config: ClassifierConfig, hints: ScopeHints) -> TrainingData:
     """Split the inputs, mine entities, and drop pool sentences that mention a forget entity."""
-    s = split_inputs(forget, retain, config, need_val)
+    s = split_inputs(forget, retain, config)
     pool = load_pool()
     pool_words = [cached_words(t) for t in pool.train]
     common = common_words()
-    train_entities = mine_entities(s.pos_train, [[cached_words(t) for t in s.ret_train], pool_words], common)
-    all_entities = mine_entities(forget, [[cached_words(t) for t in retain], pool_words], common)
+    named = given_entities([*hints.entities, *short_forms(hints.entities, common)], common)
+    train_entities = _merged(
+        named, mine_entities(s.pos_train, [[cached_words(t) for t in s.ret_train], pool_words], common)
+    )
+    all_entities = _merged(named, mine_entities(forget, [[cached_words(t) for t in retain], pool_words], common))
     retain_entities = (mine_entities(s.ret_train, [[cached_words(t) for t in s.pos_train], pool_words], common)
                        if s.ret_train else [])
     phrases = [e.words for e in all_entities]
@@ -140,11 +174,16 @@ def prepare(forget: list[str], retain: list[str], config: ClassifierConfig, need
         return [t for t in texts if not contains_any(cached_words(t), phrases)]
 
     pool_train = keep(pool.train)
+    hard = _shuffled(keep(list(hints.negatives)), config.seed, "hard")
+    n_held = round(config.retain_heldout_fraction * len(hard))
     forget_words = {w for e in all_entities for w in e.words}
     return TrainingData(
         splits=s, pool_train=pool_train, pool_val=keep(pool.validation), pool_test=keep(pool.test),
         train_entities=train_entities, all_entities=all_entities, retain_entities=retain_entities,
         pool_names=_pool_entities(pool_train, forget_words, max(20, len(train_entities)), config.seed),
+        hard_negatives=hard[n_held:], hard_val=hard[: n_held // 2], hard_test=hard[n_held // 2 : n_held],
+        negative_surfaces=[e for e in dict.fromkeys(hints.negative_entities) if e.strip()],
+        common=common,
     )
 
 
@@ -158,10 +197,12 @@ class TrainingSet:
 
 
 def training_set(d: TrainingData, config: ClassifierConfig) -> TrainingSet:
-    """Positives, contrastive negatives (retain people, look-alike names) and general negatives.
+    """Positives, contrastive negatives (retain people, look-alike names), hard negatives and general negatives.
 
-    Each of the three parts gets the same total weight, so words that the forget and retain prompts
-    share (question templates) stay neutral however large the general pool is.
+    The positives get half the total weight, the negatives the other half: the contrastive and general
+    parts equally, the hard negatives (adjacent topics) ``hard_negative_share`` of the contrastive part.
+    So words that the forget and retain prompts share (question templates) stay neutral however large
+    the general pool is.
     """
     s, k, seed = d.splits, config.variants_per_prompt, config.seed
     forget_surfaces = [e.surface for e in d.train_entities]
@@ -170,17 +211,26 @@ def training_set(d: TrainingData, config: ClassifierConfig) -> TrainingSet:
     positives += [v for p in s.pos_train for v in variants(p, k, seed)]
     positives += [x for p in s.pos_train if (x := shorten_entities(p, forget_surfaces))]
     positives += frames(forget_surfaces, config.frames_per_entity, seed)
+    positives += frames(short_forms(forget_surfaces, d.common), max(1, config.frames_per_entity // 2), seed + 2)
+    positives += in_context(s.pos_train + frames(forget_surfaces, 1, seed + 1), seed)
     contrastive = list(s.ret_train)
     contrastive += [v for p in s.ret_train for v in variants(p, k, seed)]
     contrastive += [x for p in s.ret_train if (x := shorten_entities(p, retain_surfaces))]
     n_miss = config.near_misses_per_prompt
     contrastive += [x for p in s.pos_train for x in near_misses(p, forget_surfaces, n_miss, seed)]
     contrastive += frames(retain_surfaces, config.frames_per_entity, seed)
+    contrastive += in_context(s.ret_train, seed)
     general = frames(d.pool_names, config.frames_per_entity, seed) + d.pool_train
-    parts = [(positives, 1), (contrastive, 0), (general, 0)]
-    texts = [t for part, _ in parts for t in part]
-    labels = np.array([label for part, label in parts for _ in part])
-    weights = np.concatenate([np.full(len(part), 1.0 / len(part)) for part, _ in parts if part])
+    hard = d.hard_negatives + [v for p in d.hard_negatives for v in variants(p, 1, seed)]
+    hard += frames(d.negative_surfaces, config.frames_per_entity, seed)
+    hard += in_context(d.hard_negatives + frames(d.negative_surfaces, 1, seed + 1), seed)
+    hard += ordinary_uses(forget_surfaces, d.common, d.pool_train, seed)
+    share = config.hard_negative_share if hard else 0.0
+    parts = [(positives, 1, 2.0), (contrastive, 0, 1.0 - share), (hard, 0, share), (general, 0, 1.0)]
+    parts = [(part, label, mass) for part, label, mass in parts if part and mass > 0]
+    texts = [t for part, _, _ in parts for t in part]
+    labels = np.array([label for part, label, _ in parts for _ in part])
+    weights = np.concatenate([np.full(len(part), mass / len(part)) for part, _, mass in parts])
     return TrainingSet(texts, labels, weights * len(texts) / weights.sum())
 
 

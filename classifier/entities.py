@@ -147,13 +147,11 @@ class EntityMatcher:
     fuzzy_min_len: int = 5
     _index: dict[str, set[str]] = field(init=False, repr=False)
     _by_first: dict[str, list[tuple[str, ...]]] = field(init=False, repr=False)
-    _single: set[str] = field(init=False, repr=False)
     _cached_candidates: Callable[[str], frozenset[str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._index = {}
         self._by_first = {}
-        self._single = {e.words[0] for e in self.entities if len(e.words) == 1}
         self._cached_candidates = lru_cache(maxsize=65536)(self._candidates)
         for entity in self.entities:
             self._by_first.setdefault(entity.words[0], []).append(entity.words)
@@ -181,26 +179,37 @@ class EntityMatcher:
                 found.update(self._index.get(d, ()))
         return {c for c in found if c == word or len(c) >= self.fuzzy_min_len}
 
-    def match(self, words: Sequence[str]) -> list[tuple[int, int]]:
-        """Word-index ranges ``[i, j)`` of entity mentions among normalized ``words``."""
+    def mentions(self, words: Sequence[str]) -> list[tuple[int, int, tuple[str, ...]]]:
+        """Entity mentions among normalized ``words``: word-index ranges ``[i, j)`` and the entity matched."""
         if not self._index:
             return []
         candidates = [self._cached_candidates(w) for w in words]
-        out: list[tuple[int, int]] = []
+        out: list[tuple[int, int, tuple[str, ...]]] = []
         for i, cands in enumerate(candidates):
             for first in cands:
                 for phrase in self._by_first.get(first, ()):
                     j = i + len(phrase)
                     if j <= len(words) and all(phrase[k] in candidates[i + k] for k in range(1, len(phrase))):
-                        out.append((i, j))
+                        out.append((i, j, phrase))
         return out
+
+    def match(self, words: Sequence[str]) -> list[tuple[int, int]]:
+        """Word-index ranges ``[i, j)`` of entity mentions among normalized ``words``."""
+        return [(i, j) for i, j, _ in self.mentions(words)]
+
+    @staticmethod
+    def counts_as(words: Sequence[str], mention: tuple[int, int, tuple[str, ...]]) -> int | None:
+        """Which entity feature a mention sets: 0 for a multi-word entity, 1 for a single word written exactly."""
+        start, end, phrase = mention
+        if end - start > 1:
+            return 0
+        return 1 if words[start] == phrase[0] else None
 
     def features(self, words: Sequence[str]) -> tuple[float, float]:
         """Two binary features: a multi-word entity is mentioned (typos tolerated); a single-word one, exactly."""
-        full = single = 0.0
-        for start, end in self.match(words):
-            if end - start > 1:
-                full = 1.0
-            elif words[start] in self._single:
-                single = 1.0
-        return full, single
+        found = [0.0, 0.0]
+        for mention in self.mentions(words):
+            column = self.counts_as(words, mention)
+            if column is not None:
+                found[column] = 1.0
+        return found[0], found[1]

@@ -1,13 +1,22 @@
-"""Judging chat requests against several active forget sets at once."""
+"""Judging chat requests against every live forget set at once.
+
+Every message the model will see is judged (system, developer, user, assistant and tool turns): each
+turn alone and, when there are several, all of them joined, so that a topic named in an earlier turn
+scopes the later turns that only refer back to it. A conversation is analyzed once for all forget sets
+(``classifier.bank``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lethe.classifier.model import ScopeClassifier, conversation_docs
-from lethe.classifier.text import Doc
+import numpy as np
+
+from lethe.classifier.bank import HeadBank
+from lethe.classifier.features import Analysis, FeatureSpace
+from lethe.classifier.model import ScopeClassifier, conversation_texts, sigmoid
 
 
 @dataclass
@@ -22,7 +31,7 @@ class ScopeFlag:
 def message_text(message: Mapping[str, Any]) -> str:
     """The text of a message's content: a string, or the ``text`` parts of a content list joined by newlines.
 
-    Spans returned by ``classify_messages`` index into this string.
+    Spans returned by ``ScopeBank.classify`` index into this string.
     """
     content = message.get("content")
     if content is None:
@@ -39,33 +48,71 @@ def _whole(text: str) -> list[tuple[int, int]]:
     return [(0, len(text))] if text.strip() else []
 
 
-def classify_messages(classifiers: Mapping[str, ScopeClassifier], messages: list[dict]) -> list[ScopeFlag]:
-    """Every forget set whose classifier flags the conversation's user content, with per-message spans.
+class ScopeBank:
+    """The classifiers of the live forget sets, grouped by feature space, each group scored as one bank."""
 
-    Only ``user`` messages are judged (all turns, each alone and joined).  With token_mode ``all``
-    every user message is covered whole; with ``salient`` each user message gets its salient spans,
-    and if no user message has any, every user message is covered whole.  Other roles get ``[]``.
-    """
-    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
-    texts = {i: message_text(messages[i]) for i in users}
-    user_docs = {i: Doc(texts[i]) for i in users}
-    docs = conversation_docs([user_docs[i] for i in users])
-    if not docs:
-        return []
-    flags: list[ScopeFlag] = []
-    for set_id, classifier in classifiers.items():
-        score = max(classifier.score_docs(docs))
-        if score < classifier.threshold:
-            continue
-        spans: list[list[tuple[int, int]]] = [[] for _ in messages]
-        if classifier.config.token_mode == "salient":
-            for i in users:
-                spans[i] = classifier.salient_doc_spans(user_docs[i])
-        if not any(spans):
-            for i in users:
-                spans[i] = _whole(texts[i])
-        flags.append(ScopeFlag(forget_set_id=set_id, score=score, spans=spans))
-    return flags
+    def __init__(self, classifiers: Mapping[str, ScopeClassifier]):
+        self.classifiers = dict(classifiers)
+        groups: dict[Any, list[str]] = {}
+        for set_id, classifier in self.classifiers.items():
+            groups.setdefault(classifier.spec, []).append(set_id)
+        self._groups: list[tuple[FeatureSpace, list[str], HeadBank, np.ndarray]] = []
+        for ids in groups.values():
+            space = self.classifiers[ids[0]].space
+            bank = HeadBank(space, [self.classifiers[i].head for i in ids])
+            thresholds = np.array([self.classifiers[i].threshold for i in ids])
+            self._groups.append((space, ids, bank, thresholds))
+
+    def __len__(self) -> int:
+        return len(self.classifiers)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the stacked weights of every group."""
+        return sum(bank.nbytes for _, _, bank, _ in self._groups)
+
+    def scores(self, texts: Sequence[str]) -> dict[str, float]:
+        """Each forget set's score for a conversation given as turn texts (the best over the judged texts)."""
+        out: dict[str, float] = {}
+        for space, ids, bank, _ in self._groups:
+            analyses = [space.analyze(t) for t in conversation_texts(texts)]
+            best = np.max([bank.logits(a) for a in analyses], axis=0) if analyses else np.full(len(ids), -np.inf)
+            out.update({i: sigmoid(float(v)) if np.isfinite(v) else 0.0 for i, v in zip(ids, best, strict=True)})
+        return out
+
+    def classify(self, messages: Sequence[Mapping[str, Any]]) -> list[ScopeFlag]:
+        """Every forget set that flags the conversation, with per-message spans to intervene on.
+
+        With token mode ``all`` every message is covered whole; with ``salient`` each message gets its
+        salient spans, and if none has any, every user message (else every message) is covered whole.
+        """
+        texts = [message_text(m) for m in messages]
+        scores = self.scores(texts)
+        flags: list[ScopeFlag] = []
+        analyses: dict[tuple[Any, int], Analysis] = {}
+        for set_id, classifier in self.classifiers.items():
+            score = scores[set_id]
+            if score < classifier.threshold:
+                continue
+            spans: list[list[tuple[int, int]]] = [[] for _ in messages]
+            if classifier.config.token_mode == "salient":
+                for i, text in enumerate(texts):
+                    if text.strip():
+                        key = (classifier.spec, i)
+                        if key not in analyses:
+                            analyses[key] = classifier.analyze(text)
+                        spans[i] = classifier.salient_analysis_spans(analyses[key])
+            if not any(spans):
+                users = [i for i, m in enumerate(messages) if m.get("role") == "user" and texts[i].strip()]
+                for i in users or range(len(messages)):
+                    spans[i] = _whole(texts[i])
+            flags.append(ScopeFlag(forget_set_id=set_id, score=score, spans=spans))
+        return flags
+
+
+def classify_messages(classifiers: Mapping[str, ScopeClassifier], messages: list[dict]) -> list[ScopeFlag]:
+    """``ScopeBank(classifiers).classify(messages)`` (build a bank once to judge many requests)."""
+    return ScopeBank(classifiers).classify(messages)
 
 
 def classify_text(classifiers: Mapping[str, ScopeClassifier], text: str) -> list[ScopeFlag]:

@@ -1,7 +1,8 @@
-"""The scope classifier: scoring, conversation scoring, salient spans, save and load."""
+"""The scope classifier of one forget set: its head, entities, calibrated threshold, save and load."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -13,22 +14,30 @@ from safetensors.numpy import load_file
 
 from lethe.classifier.config import ClassifierConfig, ClassifierLoadError
 from lethe.classifier.entities import Entity, EntityMatcher
-from lethe.classifier.linear import DenseBlock, EntityBlock, Featurizer, LinearScorer, TfidfBlock
+from lethe.classifier.features import Analysis, FeatureSpace, FeatureSpec, feature_space
+from lethe.classifier.head import LinearHead
 from lethe.classifier.salience import mask_to_spans, salient_word_mask
 from lethe.classifier.storage import atomic_folder, write_json, write_tensors
-from lethe.classifier.text import Doc, Ranges, char_ngrams_of
 
 FORMAT = "lethe-scope-classifier"
-VERSION = 1
+VERSION = 2
 JSON_NAME = "classifier.json"
 TENSORS_NAME = "classifier.safetensors"
+_ARRAYS = ("sparse_index", "sparse_weight", "semantic_weight", "entity_weight", "intercept")
 
 
-def _sigmoid(x: float) -> float:
+def sigmoid(x: float) -> float:
+    """The logistic function, stable for large ``|x|``."""
     if x >= 0:
         return 1.0 / (1.0 + math.exp(-x))
     e = math.exp(x)
     return e / (1.0 + e)
+
+
+def conversation_texts(texts: Sequence[str]) -> list[str]:
+    """Texts judged for a conversation: every non-empty turn, plus all of them joined when there are several."""
+    turns = [t for t in texts if t.strip()]
+    return [*turns, "\n".join(turns)] if len(turns) > 1 else turns
 
 
 class ScopeClassifier:
@@ -37,79 +46,85 @@ class ScopeClassifier:
     def __init__(
         self,
         config: ClassifierConfig,
-        scorer: LinearScorer,
+        spec: FeatureSpec,
+        head: LinearHead,
         entities: Sequence[Entity],
         calibration: dict[str, Any],
-        featurizer: Featurizer | None = None,
     ) -> None:
-        if scorer.dense is not None and featurizer is None:
-            raise ClassifierLoadError("this classifier uses LM features: pass the featurizer it was trained with")
         self.config = config
-        self.scorer = scorer
+        self.spec = spec
+        self.head = head
         self.entities = list(entities)
         self.matcher = EntityMatcher(self.entities)
         self._calibration = dict(calibration)
         self._threshold = float(calibration["threshold"])
-        self.featurizer = featurizer if scorer.dense is not None else None
+
+    @property
+    def space(self) -> FeatureSpace:
+        """The shared feature space this classifier reads."""
+        return feature_space(self.spec)
 
     @property
     def threshold(self) -> float:
         """Score at or above which a text is flagged."""
         return self._threshold
 
-    @property
-    def uses_featurizer(self) -> bool:
-        """Whether scoring calls the external featurizer."""
-        return self.scorer.dense is not None
-
     def calibration(self) -> dict[str, Any]:
-        """Calibration record: alpha, threshold, sizes, held-out FPR, validation recall, feature set..."""
+        """Calibration record: alpha, threshold, sizes, held-out FPR, validation recall..."""
         return dict(self._calibration)
 
     def clear_caches(self) -> None:
-        """Forget the per-word memo tables (n-grams, vocabulary indices, entity candidates); for cold benchmarks."""
-        char_ngrams_of.cache_clear()
-        self.scorer.char.clear_cache()
-        self.scorer.entity.matcher.clear_cache()
+        """Forget the per-word memo tables (normalization, n-gram buckets, entity candidates); for cold benchmarks."""
+        from lethe.classifier.text import clear_word_caches
+
+        clear_word_caches()
+        self.space.hasher.clear()
         self.matcher.clear_cache()
+        self.head.matcher.clear_cache()
 
-    def _dense_logits(self, texts: list[str]) -> np.ndarray:
-        assert self.scorer.dense is not None and self.featurizer is not None
-        features = np.asarray(self.featurizer(texts), dtype=np.float64)
-        if features.shape != (len(texts), self.scorer.dense.mean.shape[0]):
-            raise ValueError(f"featurizer returned shape {features.shape}, expected "
-                             f"({len(texts)}, {self.scorer.dense.mean.shape[0]})")
-        return self.scorer.dense.logits(features)
+    def with_token_mode(self, token_mode: str) -> ScopeClassifier:
+        """The same classifier selecting tokens in ``token_mode`` (``all`` or ``salient``)."""
+        if self.config.token_mode == token_mode:
+            return self
+        config = dataclasses.replace(self.config, token_mode=token_mode)  # type: ignore[arg-type]
+        return ScopeClassifier(config, self.spec, self.head, self.entities, self._calibration)
 
-    def score_docs(self, docs: Sequence[Doc]) -> list[float]:
-        """Scores of already analyzed texts (lets several classifiers share one analysis)."""
-        logits = [self.scorer.sparse_logit(d) for d in docs]
-        if self.scorer.dense is not None and docs:
-            logits = (np.asarray(logits) + self._dense_logits([d.text for d in docs])).tolist()
-        return [_sigmoid(x) for x in logits]
+    def with_threshold(self, threshold: float) -> ScopeClassifier:
+        """The same classifier flagging at ``threshold``."""
+        return ScopeClassifier(self.config, self.spec, self.head, self.entities,
+                               {**self._calibration, "threshold": threshold})  # fmt: skip
+
+    def analyze(self, text: str) -> Analysis:
+        """``text`` analyzed in this classifier's feature space."""
+        return self.space.analyze(text)
+
+    def score_analyses(self, analyses: Sequence[Analysis]) -> list[float]:
+        """Scores of already analyzed texts."""
+        return [sigmoid(self.head.logit(a)) for a in analyses]
 
     def score(self, text: str) -> float:
         """Probability-like score in [0, 1] that ``text`` is in scope."""
-        return self.score_docs([Doc(text)])[0]
+        return self.score_analyses([self.analyze(text)])[0]
 
-    def score_conversation(self, user_contents: list[str]) -> float:
-        """Score of a chat judged over all its user turns (each turn alone and all turns together)."""
-        return max(self.score_docs(conversation_docs([Doc(c) for c in user_contents])), default=0.0)
+    def scores(self, texts: Sequence[str]) -> np.ndarray:
+        """Scores of many texts."""
+        return np.asarray(self.score_analyses([self.analyze(t) for t in texts]))
 
-    def is_flagged(self, text: str | list[str]) -> bool:
-        """Whether a prompt (a string) or a conversation's user contents (a list) is in scope."""
-        score = self.score(text) if isinstance(text, str) else self.score_conversation(text)
-        return score >= self._threshold
+    def is_flagged(self, text: str | Sequence[str]) -> bool:
+        """Whether a prompt (a string) or a conversation (its turns' texts) is in scope."""
+        if isinstance(text, str):
+            return self.score(text) >= self._threshold
+        return max(self.scores(conversation_texts(list(text))), default=0.0) >= self._threshold
 
-    def salient_doc_spans(self, doc: Doc) -> list[tuple[int, int]]:
+    def salient_analysis_spans(self, analysis: Analysis) -> list[tuple[int, int]]:
         """Salient character spans of an analyzed text."""
-        mask = salient_word_mask(self.scorer, self.matcher, doc,
-                                 self.config.salient_min_logit, self.config.salient_relative)
-        return mask_to_spans(doc.text, doc.spans, mask)
+        mask = salient_word_mask(self.head, self.matcher, analysis, self.space.hasher,
+                                 self.config.salient_min_logit, self.config.salient_relative)  # fmt: skip
+        return mask_to_spans(analysis.text, analysis.spans, mask)
 
     def salient_spans(self, text: str) -> list[tuple[int, int]]:
         """Character spans ``(start, end)`` of ``text`` that carry the forget scope (may be empty)."""
-        return self.salient_doc_spans(Doc(text))
+        return self.salient_analysis_spans(self.analyze(text))
 
     def save(self, folder: Path) -> None:
         """Write ``classifier.json`` and ``classifier.safetensors`` into ``folder`` atomically."""
@@ -117,93 +132,87 @@ class ScopeClassifier:
             "format": FORMAT,
             "version": VERSION,
             "config": self.config.to_dict(),
+            "features": self.spec.to_dict(),
             "calibration": self._calibration,
-            "ranges": [self.scorer.ranges.word_max, self.scorer.ranges.char_min, self.scorer.ranges.char_max],
-            "word_vocab": self.scorer.word.vocab,
-            "char_vocab": self.scorer.char.vocab,
             "entities": _entities_json(self.entities),
-            "feature_entities": _entities_json(self.scorer.entity.matcher.entities),
-            "dense_dim": None if self.scorer.dense is None else int(self.scorer.dense.mean.shape[0]),
+            "feature_entities": _entities_json(self.head.matcher.entities),
         }
+        arrays = self.head.arrays()
+        arrays["sparse_index"] = arrays["sparse_index"].astype(np.int32)
 
         def fill(staging: Path) -> None:
             write_json(staging / JSON_NAME, manifest)
-            write_tensors(staging / TENSORS_NAME, self.scorer.arrays())
+            write_tensors(staging / TENSORS_NAME, arrays)
 
         atomic_folder(Path(folder), fill)
 
     @classmethod
-    def load(cls, folder: Path, featurizer: Featurizer | None = None) -> ScopeClassifier:
+    def load(cls, folder: Path) -> ScopeClassifier:
         """Read a folder written by ``save``; raises ``ClassifierLoadError`` if it is unusable."""
         folder = Path(folder)
         try:
             manifest = json.loads((folder / JSON_NAME).read_text(encoding="utf-8"))
             arrays = load_file(str(folder / TENSORS_NAME))
         except Exception as exc:  # safetensors raises its own error type for corrupt headers
-            raise ClassifierLoadError(f"cannot read classifier in {folder}: {exc}") from exc
+            raise ClassifierLoadError(f"cannot read classifier in {folder}: {type(exc).__name__}") from exc
         try:
-            return cls._from_parts(manifest, arrays, featurizer)
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, ClassifierLoadError):
-                raise
-            raise ClassifierLoadError(f"malformed classifier in {folder}: {exc!r}") from exc
+            return cls._from_parts(manifest, arrays)
+        except ClassifierLoadError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ClassifierLoadError(f"malformed classifier in {folder}: {type(exc).__name__}: {exc}") from exc
 
     @classmethod
-    def _from_parts(
-        cls, manifest: dict[str, Any], arrays: dict[str, np.ndarray], featurizer: Featurizer | None
-    ) -> ScopeClassifier:
+    def _from_parts(cls, manifest: Any, arrays: dict[str, np.ndarray]) -> ScopeClassifier:
+        if not isinstance(manifest, dict):
+            raise ClassifierLoadError("classifier.json must hold a JSON object")
         if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-            raise ClassifierLoadError(f"not a {FORMAT} v{VERSION} folder")
-
-        def block(prefix: str) -> TfidfBlock:
-            vocab = [str(g) for g in manifest[f"{prefix}_vocab"]]
-            idf, coef = arrays[f"{prefix}_idf"].astype(np.float64), arrays[f"{prefix}_coef"].astype(np.float64)
-            if not (len(vocab) == idf.shape[0] == coef.shape[0]) or idf.ndim != 1 or coef.ndim != 1:
-                raise ClassifierLoadError(f"{prefix} vocabulary and arrays disagree in size")
-            return TfidfBlock(vocab, idf, coef)
-
-        dense = None
-        if manifest.get("dense_dim") is not None:
-            dim = int(manifest["dense_dim"])
-            parts = [arrays[k].astype(np.float64) for k in ("dense_mean", "dense_scale", "dense_coef")]
-            if any(p.shape != (dim,) for p in parts):
-                raise ClassifierLoadError("dense arrays disagree with dense_dim")
-            dense = DenseBlock(*parts)
-        entity_coef = arrays["entity_coef"].astype(np.float64)
-        if entity_coef.shape != (2,):
-            raise ClassifierLoadError("entity_coef must have shape (2,)")
-        word_max, char_min, char_max = (int(x) for x in manifest["ranges"])
-        scorer = LinearScorer(
-            ranges=Ranges(word_max, char_min, char_max),
-            word=block("word"),
-            char=block("char"),
-            intercept=float(arrays["intercept"][0]),
-            entity=EntityBlock(EntityMatcher(_entities_from_json(manifest["feature_entities"])), entity_coef),
-            dense=dense,
-        )
-        if not all(np.isfinite(a).all() for a in scorer.arrays().values()):
+            raise ClassifierLoadError(f"not a {FORMAT} v{VERSION} folder (retrain the forget set with this version)")
+        if set(arrays) != set(_ARRAYS):
+            raise ClassifierLoadError(f"classifier.safetensors holds {sorted(arrays)}, expected {sorted(_ARRAYS)}")
+        for name in ("config", "features", "calibration"):
+            if not isinstance(manifest.get(name), dict):
+                raise ClassifierLoadError(f"classifier.json: {name!r} must be an object")
+        spec = FeatureSpec.from_dict(manifest["features"])
+        index = arrays["sparse_index"]
+        if index.ndim != 1 or index.dtype.kind not in "iu" or (index.size and (index.min() < 0 or
+                                                                                index.max() >= spec.sparse_dims)):
+            raise ClassifierLoadError("sparse_index must be a 1-D array of buckets inside the feature space")
+        weights = [arrays[k].astype(np.float64) for k in _ARRAYS[1:]]
+        if not all(np.isfinite(w).all() for w in weights):
             raise ClassifierLoadError("non-finite weights")
-        entities = _entities_from_json(manifest["entities"])
+        sparse_weight, semantic_weight, entity_weight, intercept = weights
+        if sparse_weight.shape != index.shape or intercept.shape != (1,) or entity_weight.shape != (2,):
+            raise ClassifierLoadError("classifier arrays disagree in shape")
+        if semantic_weight.ndim != 1 or (semantic_weight.size == 0) != (spec.semantic == "none"):
+            raise ClassifierLoadError("semantic weights disagree with the feature spec")
+        head = LinearHead(
+            sparse_index=index.astype(np.int64),
+            sparse_weight=sparse_weight,
+            semantic_weight=semantic_weight,
+            entity_weight=entity_weight,
+            intercept=float(intercept[0]),
+            matcher=EntityMatcher(_entities_from_json(manifest["feature_entities"])),
+        )
         calibration = dict(manifest["calibration"])
-        float(calibration["threshold"])
-        return cls(ClassifierConfig.from_dict(manifest["config"]), scorer, entities, calibration, featurizer)
-
-
-def conversation_docs(turns: Sequence[Doc]) -> list[Doc]:
-    """Docs judged for a conversation: every non-empty user turn, plus all of them joined when there are several."""
-    docs = [d for d in turns if d.text.strip()]
-    if len(docs) > 1:
-        docs.append(Doc("\n".join(d.text for d in docs)))
-    return docs
+        threshold = float(calibration["threshold"])
+        if not 0.0 <= threshold <= 1.0:
+            raise ClassifierLoadError("the threshold must lie in [0, 1]")
+        entities = _entities_from_json(manifest["entities"])
+        return cls(ClassifierConfig.from_dict(manifest["config"]), spec, head, entities, calibration)
 
 
 def _entities_json(entities: Sequence[Entity]) -> list[dict[str, Any]]:
     return [{"words": list(e.words), "surface": e.surface} for e in entities]
 
 
-def _entities_from_json(data: list[dict[str, Any]]) -> list[Entity]:
+def _entities_from_json(data: Any) -> list[Entity]:
+    if not isinstance(data, list):
+        raise ClassifierLoadError("entities must be a list")
     out = []
     for e in data:
+        if not isinstance(e, dict):
+            raise ClassifierLoadError("an entity must be an object")
         words = tuple(str(w) for w in e["words"])
         if not words or not all(words):
             raise ClassifierLoadError("an entity has no words")

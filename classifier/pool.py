@@ -44,9 +44,21 @@ def load_pool() -> NegativePool:
 
 @lru_cache(maxsize=1)
 def common_words(min_count: int = 2) -> frozenset[str]:
-    """Normalized words written in lowercase at least ``min_count`` times in the pool (ordinary words, not names)."""
+    """Ordinary words, which alone are no evidence of an entity: words written in lowercase at least
+    ``min_count`` times in the pool, and every whole word of BERT's uncased vocabulary (MiniLM's, about
+    20,000 frequent English words and common names such as ``stone``, ``riddle`` or ``harry``)."""
     counts: Counter[str] = Counter()
     for part in (load_pool().train, load_pool().validation, load_pool().test):
         for text in part:
             counts.update(normalize_word(w) for w in WORD_PATTERN.findall(text) if w[0].islower())
-    return frozenset(w for w, c in counts.items() if c >= min_count)
+    return frozenset(w for w, c in counts.items() if c >= min_count) | _vocabulary_words()
+
+
+def _vocabulary_words() -> frozenset[str]:
+    from lethe.classifier.semantic import SemanticModelUnavailable, minilm_folder
+
+    try:
+        lines = (minilm_folder() / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    except (SemanticModelUnavailable, OSError):
+        return frozenset()
+    return frozenset(w for w in lines if len(w) >= 3 and w.isalpha() and w.isascii())

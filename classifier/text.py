@@ -1,4 +1,4 @@
-"""Text normalization and the n-gram analyzers shared by training and serving.
+"""Text normalization shared by training and serving: words, their spans, and hardened normal forms.
 
 Words are runs of letters and digits in the raw text; each keeps its character span so that
 feature weights can be mapped back to the text.  Normalization is per word: NFKD with accents
@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import cached_property, lru_cache
 from itertools import pairwise
+
+from lethe.classifier.cache import ByteBoundedCache
 
 _INVISIBLE = "\u00ad\u200b\u200c\u200d\u2060\ufeff"
 WORD_PATTERN = re.compile(
@@ -49,8 +48,13 @@ def set_evasion_hardening(enabled: bool) -> None:
     A classifier must be trained and served with the same setting; the caches are cleared here.
     """
     _hardening["enabled"] = bool(enabled)
-    _words.cache_clear()
-    cached_words.cache_clear()
+    clear_word_caches()
+
+
+def clear_word_caches() -> None:
+    """Drop the memoized normal forms and word lists."""
+    _normalized.clear()
+    _cached_words.clear()
 
 
 def _latin_lookalike(word: str) -> bool:
@@ -59,6 +63,10 @@ def _latin_lookalike(word: str) -> bool:
 
 def normalize_word(word: str) -> str:
     """Case-fold, strip accents, map look-alike letters and symbols, and undo leetspeak in one word."""
+    return _normalized(word)
+
+
+def _normalize(word: str) -> str:
     if not _hardening["enabled"]:
         return _plain_normalize(word)
     if word.isascii():
@@ -114,7 +122,6 @@ def _split_case(text: str, run: list[tuple[int, int]]) -> list[list[tuple[int, i
     return parts
 
 
-@lru_cache(maxsize=65536)
 def _words(text: str) -> tuple[tuple[tuple[int, int], ...], tuple[str, ...]]:
     if not _hardening["enabled"]:
         plain = [m.span() for m in _PLAIN_WORD.finditer(text)]
@@ -147,73 +154,12 @@ def normalized_words(text: str) -> list[str]:
     return list(_words(text)[1])
 
 
-@lru_cache(maxsize=65536)
 def cached_words(text: str) -> tuple[str, ...]:
-    """``normalized_words`` memoized for training, where the pool and augmentations are analyzed repeatedly."""
-    return tuple(normalized_words(text))
+    """``normalized_words`` memoized (bounded) for training, where the pool and augmentations recur."""
+    return _cached_words(text)
 
 
-def word_ngrams(words: Sequence[str], n_max: int) -> list[str]:
-    """Word n-grams of order 1..n_max, joined by a space."""
-    out = list(words)
-    for n in range(2, n_max + 1):
-        out.extend(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
-    return out
-
-
-@lru_cache(maxsize=200_000)
-def char_ngrams_of(word: str, n_min: int, n_max: int) -> tuple[str, ...]:
-    """Character n-grams of one space-padded word (sklearn's ``char_wb`` scheme), memoized per word."""
-    padded = f" {word} "
-    size = len(padded)
-    out: list[str] = []
-    for n in range(n_min, n_max + 1):
-        if n >= size:
-            out.append(padded)
-            break
-        out.extend(padded[i : i + n] for i in range(size - n + 1))
-    return tuple(out)
-
-
-def char_ngrams(words: Sequence[str], n_min: int, n_max: int) -> list[str]:
-    """Character n-grams of every word."""
-    out: list[str] = []
-    for w in words:
-        out.extend(char_ngrams_of(w, n_min, n_max))
-    return out
-
-
-@dataclass(frozen=True)
-class Ranges:
-    """The n-gram orders a model uses."""
-
-    word_max: int
-    char_min: int
-    char_max: int
-
-
-class Doc:
-    """One analyzed text: normalized words, their spans, and n-gram lists cached per range."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self._grams: dict[Ranges, tuple[list[str], list[str]]] = {}
-
-    @cached_property
-    def words(self) -> list[str]:
-        """Normalized words."""
-        return normalized_words(self.text)
-
-    @cached_property
-    def spans(self) -> list[tuple[int, int]]:
-        """Character spans of the words in the raw text."""
-        return word_spans(self.text)
-
-    def grams(self, ranges: Ranges) -> tuple[list[str], list[str]]:
-        """Word and character n-grams for ``ranges``."""
-        cached = self._grams.get(ranges)
-        if cached is None:
-            cached = (word_ngrams(self.words, ranges.word_max),
-                      char_ngrams(self.words, ranges.char_min, ranges.char_max))
-            self._grams[ranges] = cached
-        return cached
+_normalized: ByteBoundedCache[str, str] = ByteBoundedCache(_normalize, 8 * 1024 * 1024)
+_cached_words: ByteBoundedCache[str, tuple[str, ...]] = ByteBoundedCache(
+    lambda text: tuple(normalized_words(text)), 32 * 1024 * 1024
+)

@@ -12,7 +12,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lethe.runtime.embedder import PromptEmbedder
@@ -198,15 +197,3 @@ class LanguageModel:
             else:
                 top.append(None)
         return PromptLogprobs(ids, token_logprobs, top)
-
-    @torch.no_grad()
-    def mean_hidden_states(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
-        """Mean-pooled last-layer hidden states of each text: a feature set for the scope classifier."""
-        features = []
-        for start in range(0, len(texts), batch_size):
-            rows = [self.embed(self.embedder.encode(t) or [0]) for t in texts[start : start + batch_size]]
-            embeds, mask = pad_embeddings(rows, "right")
-            hidden = self.model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            features.append(((hidden * weights).sum(1) / weights.sum(1)).numpy())
-        return np.concatenate(features, axis=0)

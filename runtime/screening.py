@@ -47,7 +47,14 @@ class ForgetSetScreen:
 
     def __init__(self, artifacts: Iterable[ForgetSetArtifact] = ()):
         self._lock = threading.Lock()
-        self._sets: Mapping[str, ForgetSetArtifact] = {a.id: a for a in artifacts}
+        self._swap({a.id: a for a in artifacts})
+
+    def _swap(self, sets: Mapping[str, ForgetSetArtifact]) -> None:
+        from lethe.classifier import ScopeBank
+
+        # One bank of every live classifier, built once per change, so a request is analyzed once.
+        bank = ScopeBank({fid: artifact.classifier for fid, artifact in sets.items()})
+        self._state = (sets, bank)
 
     @classmethod
     def from_folders(cls, folders: Iterable[Path | str], embedder: PromptEmbedder) -> ForgetSetScreen:
@@ -57,29 +64,25 @@ class ForgetSetScreen:
     @property
     def active(self) -> Mapping[str, ForgetSetArtifact]:
         """The current forget sets by id (a snapshot)."""
-        return self._sets
+        return self._state[0]
 
     def put(self, artifact: ForgetSetArtifact) -> None:
         """Enable (or replace) a forget set."""
         with self._lock:
-            self._sets = {**self._sets, artifact.id: artifact}
+            self._swap({**self._state[0], artifact.id: artifact})
 
     def remove(self, forget_set_id: str) -> None:
         """Disable a forget set (no error if absent)."""
         with self._lock:
-            self._sets = {k: v for k, v in self._sets.items() if k != forget_set_id}
+            self._swap({k: v for k, v in self._state[0].items() if k != forget_set_id})
 
     def classify(self, messages: Sequence[Mapping[str, object]] | None, text: str | None = None) -> list[ScopeFlag]:
-        """Every flagging forget set for a chat (``messages``) or a raw ``text`` prompt."""
-        sets = self._sets
+        """Every flagging forget set for a chat (``messages``) or a raw ``text`` prompt (one user message)."""
+        sets, bank = self._state
         if not sets:
             return []
-        from lethe.classifier import classify_messages, classify_text
-
-        classifiers = {fid: artifact.classifier for fid, artifact in sets.items()}
-        if messages is not None:
-            return classify_messages(classifiers, [dict(m) for m in messages])
-        return classify_text(classifiers, text or "")
+        chat = [dict(m) for m in messages] if messages is not None else [{"role": "user", "content": text or ""}]
+        return bank.classify(chat)
 
     def screen(
         self,
@@ -89,7 +92,7 @@ class ForgetSetScreen:
         embed: Callable[[Sequence[int]], torch.Tensor] | None = None,
     ) -> Verdict:
         """Classify a rendered request and compose the plans of every flagging forget set."""
-        sets = self._sets
+        sets = self._state[0]
         flags = self.classify(messages, None if messages is not None else prompt.text)
         if not flags:
             return Verdict()

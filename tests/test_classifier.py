@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import random
 import re
-import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
 import lethe.classifier as classifier_package
 from lethe.benchmarks.authors_world import WorldConfig, build_world
@@ -18,17 +18,20 @@ from lethe.classifier import (
     ClassifierLoadError,
     ClassifierTrainingError,
     ScopeClassifier,
+    ScopeHints,
     classify_messages,
     classify_text,
     message_text,
     train_scope_classifier,
 )
 from lethe.classifier.augment import variants
+from lethe.classifier.bank import HeadBank
 from lethe.classifier.calibration import combine, fpr_threshold, recall_threshold
-from lethe.classifier.linear import fit_linear
+from lethe.classifier.entities import EntityMatcher
+from lethe.classifier.features import FeatureSpec, feature_space
+from lethe.classifier.linear import fit_head
 from lethe.classifier.model import JSON_NAME, TENSORS_NAME
 from lethe.classifier.pool import load_pool
-from lethe.classifier.text import Doc, Ranges
 
 
 def _prompts(rows: list[dict]) -> list[str]:
@@ -84,8 +87,8 @@ def test_calibration_record_is_honest(trained, world) -> None:
     assert cal["threshold"] == trained.threshold
     assert 0.0 < cal["threshold"] < 1.0
     assert cal["calibration_size"] >= 5
-    assert cal["feature_set"] == "ngram"
-    assert cal["export_max_abs_error"] <= 1e-6
+    assert cal["export_max_abs_logit_error"] <= 1e-2
+    assert cal["sparse_weights"] > 0 and cal["bytes"] <= 2 * 1024 * 1024
     assert cal["heldout_negatives"] > 500 and cal["heldout_fpr"] <= 0.01
     assert cal["validation_recall"] >= 0.9
     n = cal["calibration_size"]
@@ -126,15 +129,47 @@ def test_fpr_threshold_and_combination() -> None:
     assert combine(low_recall, fpr) == (0.2, False)  # a conflict keeps recall
 
 
-def test_exported_scorer_matches_sklearn() -> None:
+def test_exported_head_matches_sklearn() -> None:
     pool = list(load_pool().train[:400])
     texts = [f"Where was Odalys Fenwick born? ({i})" for i in range(40)] + pool
     labels = np.array([1] * 40 + [0] * len(pool))
-    fitted = fit_linear(texts, labels, Ranges(2, 2, 5), C=10.0, max_iter=2000)
-    sample = [*texts[::7], "Ödalys FENWICK, b0rn where??", "", "completely unrelated words here"]
-    ours = [fitted.scorer.sparse_logit(Doc(t)) for t in sample]
-    reference = fitted.estimator.decision_function(fitted.design(sample, None))
-    assert np.max(np.abs(np.array(ours) - reference)) < 1e-9
+    space = feature_space(FeatureSpec())
+    analyses = [space.analyze(t) for t in texts]
+    matcher = EntityMatcher([])
+    fitted = fit_head(space, analyses, labels, np.ones(len(texts)), matcher, C=10.0, max_iter=2000, semantic_weight=1.0)
+    sample = [space.analyze(t) for t in [*texts[::7], "Ödalys FENWICK, b0rn where??", "", "completely unrelated"]]
+    ours = np.array([fitted.head.logit(a) for a in sample])
+    reference = fitted.sklearn_logits(space, sample)
+    assert np.max(np.abs(ours - reference)) < 1e-2
+    # and the bank of several heads gives each head's own logit
+    bank = HeadBank(space, [fitted.head, fitted.head])
+    assert np.allclose(bank.logits(sample[0]), [ours[0], ours[0]], atol=1e-6)
+
+
+def test_semantic_block_generalizes_beyond_shared_words() -> None:
+    """Animals the classifier never saw are flagged through the semantic vector, not without it."""
+    animals = ("horse cow sheep goat pig duck goose chicken rabbit donkey mule camel llama deer moose elk bison "
+               "buffalo zebra giraffe elephant rhino hippo lion tiger leopard cheetah jaguar wolf fox bear otter "
+               "beaver badger squirrel mouse rat hamster monkey gorilla kangaroo koala panda whale dolphin").split()
+    machines = ("car truck bus tractor bicycle motorcycle scooter train tram subway airplane helicopter rocket "
+                "boat ship yacht canoe kayak submarine engine turbine crane forklift bulldozer excavator drill "
+                "saw hammer wrench lathe printer computer laptop tablet phone radio television camera robot "
+                "drone satellite generator pump compressor").split()
+    seen, unseen = animals[:30], animals[30:]
+    seen_machines, unseen_machines = machines[:30], machines[30:]
+    forget = [f"How long does a {w} live?" for w in seen] + [f"What does a {w} eat?" for w in seen]
+    retain = [f"How long does a {w} last?" for w in seen_machines] + [f"What does a {w} need?" for w in seen_machines]
+    held_out = [f"Where does the {w} sleep at night?" for w in unseen]
+    others = [f"Where does the {w} sleep at night?" for w in unseen_machines]
+    config = ClassifierConfig(variants_per_prompt=0, calibration_variants=0)
+
+    def auc(model: ScopeClassifier) -> float:
+        positive, negative = model.scores(held_out), model.scores(others)
+        return float(np.mean(positive[:, None] > negative[None, :]))
+
+    with_semantic = train_scope_classifier(forget, retain, config)
+    lexical = train_scope_classifier(forget, retain, config, spec=FeatureSpec(semantic="none"))
+    assert auc(with_semantic) >= 0.9 and auc(lexical) <= 0.7
 
 
 def test_casing_punctuation_and_typos(trained, world) -> None:
@@ -167,6 +202,11 @@ def test_multi_turn_follow_up(trained, world) -> None:
     start = named.index(person)
     assert any(a <= start and start + len(person) <= b for a, b in spans[1])
     assert classify_messages({"authors": trained}, messages[:1] + messages[3:]) == []
+    # the topic named only by the assistant, or only in the system prompt, scopes the conversation too
+    told = [{"role": "assistant", "content": f"{person} is a writer."}, {"role": "user", "content": follow_up}]
+    assert [f.forget_set_id for f in classify_messages({"authors": trained}, told)] == ["authors"]
+    system = [{"role": "system", "content": f"We are discussing {person}."}, {"role": "user", "content": follow_up}]
+    assert [f.forget_set_id for f in classify_messages({"authors": trained}, system)] == ["authors"]
 
 
 def test_content_parts_and_roles(trained, world) -> None:
@@ -180,10 +220,11 @@ def test_content_parts_and_roles(trained, world) -> None:
     assert text == f"Quick question.\nWhere did {person} study?"
     flags = classify_messages({"f": trained}, messages)
     assert len(flags) == 1
-    assert flags[0].spans[0] == [] and flags[0].spans[2] == []
+    system = messages[0]["content"]
+    assert [system[a:b] for a, b in flags[0].spans[0]] == [person] and flags[0].spans[2] == []
     assert [text[a:b] for a, b in flags[0].spans[1]] == [person]
-    # the system prompt alone is not user content, and empty conversations flag nothing
-    assert classify_messages({"f": trained}, messages[:1]) == []
+    # every role the model sees is judged: the system prompt alone flags; empty conversations flag nothing
+    assert len(classify_messages({"f": trained}, messages[:1])) == 1
     assert classify_messages({"f": trained}, []) == []
     assert classify_text({"f": trained}, "") == []
 
@@ -212,14 +253,14 @@ def test_salient_spans_cover_the_name(trained, world) -> None:
 
 
 def test_token_modes_and_fallback(trained, world) -> None:
-    all_mode = ScopeClassifier(ClassifierConfig(token_mode="all"), trained.scorer, trained.entities,
-                               trained.calibration())
+    all_mode = trained.with_token_mode("all")
     _, rows = _forget_person(world)
     text = rows[0]["paraphrased_prompts"][0]
     flags = classify_text({"f": all_mode}, text)
     assert len(flags) == 1 and flags[0].spans == [[(0, len(text))]]
     # salient mode with nothing salient (thresholds unreachable, no entities) falls back to the whole content
-    strict = ScopeClassifier(ClassifierConfig(salient_min_logit=1e9), all_mode.scorer, [], all_mode.calibration())
+    strict = ScopeClassifier(ClassifierConfig(salient_min_logit=1e9), trained.spec,
+                             replace(trained.head, matcher=EntityMatcher([])), [], trained.calibration())
     flags = classify_text({"f": strict}, text)
     assert flags[0].spans == [[(0, len(text))]]
 
@@ -264,7 +305,7 @@ def test_save_load_round_trip(trained, world, tmp_path: Path) -> None:
 
 def test_failed_save_leaves_nothing(trained, tmp_path: Path) -> None:
     # an unserializable record entry makes the JSON writer fail half-way through the manifest
-    broken = ScopeClassifier(trained.config, trained.scorer, trained.entities,
+    broken = ScopeClassifier(trained.config, trained.spec, trained.head, trained.entities,
                              {**trained.calibration(), "bad": object()})
     target = tmp_path / "fresh"
     with pytest.raises(TypeError):
@@ -284,11 +325,16 @@ def test_load_rejects_malformed_folders(trained, tmp_path: Path) -> None:
         ScopeClassifier.load(tmp_path / "missing")
     folder = tmp_path / "c"
     trained.save(folder)
-    manifest = json.loads((folder / JSON_NAME).read_text())
-    manifest["word_vocab"] = manifest["word_vocab"][:-1]
-    (folder / JSON_NAME).write_text(json.dumps(manifest))
+    tensors = load_file(str(folder / TENSORS_NAME))
+    save_file({**tensors, "sparse_weight": tensors["sparse_weight"][:-1]}, str(folder / TENSORS_NAME))
     with pytest.raises(ClassifierLoadError, match="disagree"):
         ScopeClassifier.load(folder)
+    save_file(tensors, str(folder / TENSORS_NAME))
+    manifest = json.loads((folder / JSON_NAME).read_text())
+    for broken in ([], 5, {**manifest, "config": 5}, {**manifest, "version": 1}, {**manifest, "entities": [3]}):
+        (folder / JSON_NAME).write_text(json.dumps(broken))
+        with pytest.raises(ClassifierLoadError):
+            ScopeClassifier.load(folder)
     (folder / TENSORS_NAME).write_bytes(b"not safetensors")
     with pytest.raises(ClassifierLoadError):
         ScopeClassifier.load(folder)
@@ -312,67 +358,16 @@ def test_training_errors(forget, retain, match) -> None:
         train_scope_classifier(forget, retain)
 
 
-def test_config_and_featurizer_errors() -> None:
+def test_config_and_hint_errors() -> None:
     with pytest.raises(ClassifierTrainingError, match="alpha"):
         ClassifierConfig(alpha=0.0)
     with pytest.raises(ClassifierTrainingError, match="token_mode"):
         ClassifierConfig(token_mode="some")  # type: ignore[arg-type]
     forget = [f"What did Odalys Fenwick write in {1990 + i}?" for i in range(20)]
-    with pytest.raises(ClassifierTrainingError, match="one row per text"):
-        train_scope_classifier(forget, featurizer=lambda texts: np.zeros((len(texts) + 1, 3)))
-    with pytest.raises(ClassifierTrainingError, match="featurizer failed"):
-        train_scope_classifier(forget, featurizer=lambda texts: 1 / 0)
-
-
-def _secret_world() -> tuple[list[str], list[str], set[str]]:
-    """Prompts that differ only by an invented word: n-grams cannot generalize, a semantic feature can."""
-    rng = random.Random(3)
-
-    def word() -> str:
-        return "".join(rng.choice("bcdfgklmnprstvz") + rng.choice("aeiou") for _ in range(3))
-
-    secret = sorted({word() for _ in range(80)})
-    other = sorted({word() for _ in range(120)} - set(secret))
-    return ([f"Tell me about the {w}." for w in secret], [f"Tell me about the {w}." for w in other], set(secret))
-
-
-def test_featurizer_chosen_on_validation_and_round_trip(tmp_path: Path) -> None:
-    forget, retain, secret = _secret_world()
-
-    def featurizer(texts: list[str]) -> np.ndarray:
-        return np.array([[float(any(w.strip(".?") in secret for w in t.lower().split())),
-                          zlib.crc32(t.encode()) % 7 / 7] for t in texts])
-
-    # this oracle feature is not typo-tolerant, so calibrate on the prompts alone (no surface variants)
-    model = train_scope_classifier(forget, retain, ClassifierConfig(variants_per_prompt=0), featurizer=featurizer)
-    cal = model.calibration()
-    assert cal["feature_set"] == "ngram+featurizer" and model.uses_featurizer
-    assert cal["selection"]["ngram+featurizer"]["recall_at_1pct_fpr"] > cal["selection"]["ngram"]["recall_at_1pct_fpr"]
-    assert _rate(model, forget) >= 0.98 and _rate(model, retain) <= 0.05
-    model.save(tmp_path / "c")
-    with pytest.raises(ClassifierLoadError, match="featurizer"):
-        ScopeClassifier.load(tmp_path / "c")
-    loaded = ScopeClassifier.load(tmp_path / "c", featurizer=featurizer)
-    assert [loaded.score(t) for t in forget[:10]] == [model.score(t) for t in forget[:10]]
-
-
-def test_plain_ngram_featurizer_does_not_win_a_tie(world) -> None:
-    def hashing(texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), 32))
-        for i, t in enumerate(texts):
-            for w in t.lower().split():
-                out[i, zlib.crc32(w.encode()) % 32] += 1.0
-        return out
-
-    progress: list[float] = []
-    model = train_scope_classifier(_prompts(world.rows("forget")), _prompts(world.rows("retain")),
-                                  featurizer=hashing, progress=progress.append)
-    assert progress == sorted(progress) and progress[-1] == 1.0
-    cal = model.calibration()
-    assert set(cal["selection"]) == {"ngram", "ngram+featurizer"}
-    # both are perfect on validation here, so the cheaper n-gram model is kept and no featurizer is needed
-    assert cal["feature_set"] == "ngram" and not model.uses_featurizer
-    assert _rate(model, _paraphrases(world.rows("forget"))) >= 0.98
+    with pytest.raises(ClassifierTrainingError, match=r"hints.positives\[1\]"):
+        train_scope_classifier(forget, hints=ScopeHints(positives=["fine", 5]))  # type: ignore[list-item]
+    with pytest.raises(ClassifierTrainingError, match=r"hints\.negatives"):
+        train_scope_classifier(forget, hints=ScopeHints(negatives="not a list"))
 
 
 def test_bench_world(world) -> None:

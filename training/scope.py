@@ -6,7 +6,6 @@ prompt, so a training prompt gets exactly the spans the gateway would give it on
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 from lethe.runtime.artifact import TokenMode
@@ -20,23 +19,11 @@ _VIEW_ID = "training-view"
 
 def with_token_mode(classifier: ScopeClassifier, token_mode: TokenMode) -> ScopeClassifier:
     """The same classifier (weights, threshold, calibration) selecting tokens in ``token_mode``."""
-    from lethe.classifier import ScopeClassifier
-
-    if classifier.config.token_mode == token_mode:
-        return classifier
-    config = dataclasses.replace(classifier.config, token_mode=token_mode)
-    return ScopeClassifier(
-        config, classifier.scorer, classifier.entities, classifier.calibration(), classifier.featurizer
-    )
+    return classifier.with_token_mode(token_mode)
 
 
 def _flag_everything(classifier: ScopeClassifier) -> ScopeClassifier:
-    from lethe.classifier import ScopeClassifier
-
-    calibration = {**classifier.calibration(), "threshold": float("-inf")}
-    return ScopeClassifier(
-        classifier.config, classifier.scorer, classifier.entities, calibration, classifier.featurizer
-    )
+    return classifier.with_threshold(float("-inf"))
 
 
 def flagged_spans(classifier: ScopeClassifier, messages: list[dict[str, str]]) -> list[list[CharSpan]]:
