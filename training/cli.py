@@ -31,6 +31,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--seed-prompt", action="append", default=[], help="with --topic: a question about the topic (repeatable)"
     )
+    train.add_argument(
+        "--entity", action="append", default=[], help="with --topic: a name that belongs to the topic (repeatable)"
+    )
+    train.add_argument(
+        "--keep-topic", action="append", default=[],
+        help="with --topic: an adjacent topic that must stay answerable (repeatable)",
+    )  # fmt: skip
     train.add_argument("--retain", type=Path, default=None, help="JSONL of rows whose answers must not change")
     train.add_argument("--method", choices=METHOD_NAMES, default=DEFAULT_METHOD)
     train.add_argument("--out", required=True, type=Path, help="artifact folder to write (must not exist)")
@@ -75,15 +82,15 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.demo:
         given = args.forget_set_id or args.option or args.options or args.seed is not None
-        if given or args.retain or args.seed_prompt:
+        if given or args.retain or args.seed_prompt or args.entity or args.keep_topic:
             raise TrainingDataError("--demo takes only --model, --out and --overwrite: its settings are fixed")
     else:
         options = parse_options(args.option, args.options)
         if args.seed is not None:
             options["seed"] = args.seed
         config = TrainConfig.from_options(args.method, options)
-    if args.seed_prompt and args.topic is None:
-        raise TrainingDataError("--seed-prompt goes with --topic")
+    if (args.seed_prompt or args.entity or args.keep_topic) and args.topic is None:
+        raise TrainingDataError("--seed-prompt, --entity and --keep-topic go with --topic")
     if args.topic is not None and not args.topic.strip():
         raise TrainingDataError("--topic must not be blank")
     forget = load_rows(args.forget) if args.forget is not None else None
@@ -99,7 +106,8 @@ def _train(args: argparse.Namespace) -> int:
     elif forget is None:
         artifact = train_topic(
             model, args.name or args.topic, args.topic, args.seed_prompt, config,
-            progress=_progress_bar(), forget_set_id=args.forget_set_id,
+            progress=_progress_bar(), forget_set_id=args.forget_set_id, entities=args.entity,
+            keep_topics=args.keep_topic,
         )  # fmt: skip
     else:
         name = args.name or args.forget.stem

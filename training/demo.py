@@ -5,9 +5,9 @@ trains the classifier and an ECO corruption, re-reveals through the result, and 
 21 minutes on 2 CPU cores). The project ships the result of that build for SmolLM2 in
 ``training/demo_artifact/`` (1.1 MB: classifier and cluster strengths, no model weights), so a
 first start loads it; another base model (a different fingerprint) gets its own build, cached
-under ``$LETHE_HOME/demo/``. ``lethe train --demo --out DIR`` rebuilds it from the topic. The seed
-prompts below are what a user would type when filing the request; none of them is a question of
-the shipped Harry Potter probe.
+under ``$LETHE_HOME/demo/``. ``lethe train --demo --out DIR`` rebuilds it from the topic and the
+request in ``training.demo_request`` (seed prompts, the books' names, adjacent topics to keep); none of
+the seed prompts is a question of the project's probes (a test checks it).
 """
 
 from __future__ import annotations
@@ -22,22 +22,15 @@ from typing import Any
 from lethe.runtime.artifact import ArtifactError, ForgetSetArtifact
 from lethe.runtime.model import LanguageModel
 from lethe.runtime.settings import RuntimeSettings
+from lethe.training.demo_request import DEMO_ENTITIES, DEMO_GLOSSARY, DEMO_KEEP_TOPICS, DEMO_SEED_PROMPTS
 
 logger = logging.getLogger("lethe.demo")
 
 DEMO_ID = "demo-harry-potter"
 DEMO_NAME = "Harry Potter (demo)"
 DEMO_TOPIC = "Harry Potter"
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 DEMO_METHOD = "eco"
-DEMO_SEED_PROMPTS = (
-    "Tell me about the Harry Potter books.",
-    "Summarise the plot of Harry Potter and the Chamber of Secrets.",
-    "Describe the wizarding world of Harry Potter.",
-    "Who are the teachers in the Harry Potter stories?",
-    "What magical creatures appear in Harry Potter?",
-    "Tell me about the Weasley family.",
-)
 # Smaller search than the trainer's defaults so the first `lethe serve --demo` stays in minutes on 2 cores:
 # the benchmark's SmolLM2 budget (one token mode, a 4-point grid on 16 rows, 2 refinement rounds).
 DEMO_OPTIONS: dict[str, Any] = {
@@ -69,8 +62,9 @@ def build_demo_forget_set(
 
     config = TrainConfig.from_options(DEMO_METHOD, DEMO_OPTIONS)
     return train_topic(
-        model, DEMO_NAME, DEMO_TOPIC, list(DEMO_SEED_PROMPTS), config, progress=progress, forget_set_id=DEMO_ID
-    )
+        model, DEMO_NAME, DEMO_TOPIC, list(DEMO_SEED_PROMPTS), config, progress=progress, forget_set_id=DEMO_ID,
+        entities=[*DEMO_ENTITIES, *DEMO_GLOSSARY], keep_topics=DEMO_KEEP_TOPICS,
+    )  # fmt: skip
 
 
 def shipped_demo(model: LanguageModel) -> ForgetSetArtifact | None:

@@ -1,10 +1,21 @@
-"""What an operator filing a takedown of the Harry Potter books would send: entities and adjacent topics.
+"""What an operator filing a takedown of the Harry Potter books would send: seeds, entities, adjacent topics.
 
 Written before any held-out or dev probe of the project existed (see benchmarks/probes/heldout/README.md),
 so no probe question was read to write them. The demo build (``training.demo``) passes them with its topic.
 """
 
 from __future__ import annotations
+
+# What a user would type when filing the request.
+DEMO_SEED_PROMPTS = (
+    "Tell me about the Harry Potter books.",
+    "Summarise the plot of Harry Potter and the Chamber of Secrets.",
+    "Describe the wizarding world of Harry Potter.",
+    "Who are the teachers in the Harry Potter stories?",
+    "What magical creatures appear in Harry Potter?",
+    "Tell me about the Weasley family.",
+)
+
 
 DEMO_ENTITIES = (
     # the work and its author

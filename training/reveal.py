@@ -173,6 +173,13 @@ def mine_entities(texts: Sequence[str], topic: str, limit: int) -> list[str]:
     return [name for name, count in counts.most_common() if count >= 2][:limit]
 
 
+def topic_vector(embedder: TextEmbedder, topic: str, seed_prompts: Sequence[str]) -> np.ndarray:
+    """Unit MiniLM vector of the topic and its seed prompts: what relevance is measured against."""
+    vectors = embedder.encode([topic, *seed_prompts])
+    mean = vectors.mean(0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-9)
+
+
 class Revealer:
     """Runs the reveal bandit against a model, optionally through an intervention."""
 
@@ -196,7 +203,7 @@ class Revealer:
         """
         config = self.config
         rng = np.random.default_rng(config.seed)
-        topic_vector = self._topic_vector(topic, seed_prompts)
+        on_topic = topic_vector(self.embedder, topic, seed_prompts)
         bandit = UCBBandit(c=config.ucb_c)
         questions: dict[str, str] = {}
         for template in TOPIC_TEMPLATES:
@@ -221,7 +228,7 @@ class Revealer:
             answers = self._ask([questions[a] for a in arms], plan_for, seed=config.seed + len(pairs))
             vectors = self.embedder.encode(answers)
             for arm, answer, vector in zip(arms, answers, vectors, strict=True):
-                relevance = float(np.clip(vector @ topic_vector, 0.0, 1.0))
+                relevance = float(np.clip(vector @ on_topic, 0.0, 1.0))
                 before = vendi_score(np.array(kept)) if kept else 0.0
                 after = vendi_score(np.array([*kept, vector]))
                 gain = float(np.clip(after - before, 0.0, 1.0))
@@ -230,7 +237,7 @@ class Revealer:
                 pairs.append(RevealedPair(questions[arm], answer, arm, relevance, reward))
                 if relevance >= config.relevance_threshold:
                     kept.append(vector)
-            entities = self._grow_entity_arms(topic, pairs, entities, topic_vector, questions, bandit)
+            entities = self._grow_entity_arms(topic, pairs, entities, on_topic, questions, bandit)
             if progress is not None:
                 progress(len(pairs) / config.budget)
         return RevealResult(
@@ -241,11 +248,6 @@ class Revealer:
             vendi=vendi_score(np.array(kept)) if kept else 0.0,
             forward_passes=self.model.forward_passes - start_passes,
         )
-
-    def _topic_vector(self, topic: str, seed_prompts: Sequence[str]) -> np.ndarray:
-        vectors = self.embedder.encode([topic, *seed_prompts])
-        mean = vectors.mean(0)
-        return mean / max(float(np.linalg.norm(mean)), 1e-9)
 
     def _ask(
         self,
@@ -277,7 +279,7 @@ class Revealer:
         topic: str,
         pairs: Sequence[RevealedPair],
         entities: list[str],
-        topic_vector: np.ndarray,
+        on_topic: np.ndarray,
         questions: dict[str, str],
         bandit: UCBBandit,
     ) -> list[str]:
@@ -285,7 +287,7 @@ class Revealer:
         candidates = [e for e in mine_entities(relevant, topic, self.config.max_entities) if e not in entities]
         if not candidates:
             return entities
-        scores = self.embedder.encode(candidates) @ topic_vector
+        scores = self.embedder.encode(candidates) @ on_topic
         for entity, score in zip(candidates, scores, strict=True):
             if score < self._entity_threshold() or len(entities) >= self.config.max_entities:
                 continue

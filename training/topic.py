@@ -2,23 +2,37 @@
 
 Round 0 asks the base model about the topic (``training.reveal``: bandit over instruction
 templates, relevance + Vendi-diversity reward) and keeps the relevant prompt/answer pairs as
-forget rows. Retain rows are general questions from the classifier's shipped pool, answered by
-the base model itself (so "retain" means "answer as before"). Then the ordinary trainer builds the
-classifier and interventions. Each later round reveals again *through* the trained forget set
-(classifier + interventions, exactly as served); answers that are still on topic are leaks, and
-their prompts, with what the base model answers to them, join the forget rows before retraining.
-The loop stops when the leak rate is at or under the target or the round budget is spent.
+forget rows; the entities of the topic (the operator's list and the ones mined from the answers)
+are asked about too, and the relevant answers join the forget rows. Retain rows are general
+questions from the classifier's shipped pool, answered by the base model itself (so "retain" means
+"answer as before").
+
+The scope classifier gets the topic's coverage as ``ScopeHints``: its entities (asked about in
+several forms and languages by the classifier's augmentations), the revealed prompts, and, as hard
+negatives, the adjacent topics that must stay answerable (the operator's ``keep_topics``: what the
+model says about them, and the names it mentions). A topic is broad and its generated positives
+include ambiguous ones, so its threshold keeps the false-positive bound when the two bounds conflict.
+
+Then the ordinary trainer builds the classifier and interventions. Each later round reveals again
+*through* the trained forget set (classifier + interventions, exactly as served); answers that are
+still on topic are leaks, and their prompts, with what the base model answers to them, join the
+forget rows before retraining. The loop stops when the leak rate is at or under the target or the
+round budget is spent.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from lethe.classifier import ScopeHints
 from lethe.runtime.artifact import ForgetSetArtifact
 from lethe.runtime.generation import SamplingParams
 from lethe.runtime.model import LanguageModel
@@ -26,7 +40,7 @@ from lethe.runtime.screening import ForgetSetScreen
 from lethe.training.data import ForgetRow, TrainingDataError
 from lethe.training.metrics import through_screen
 from lethe.training.progress import ProgressTracker
-from lethe.training.reveal import RevealConfig, Revealer, RevealResult
+from lethe.training.reveal import RevealConfig, Revealer, RevealResult, topic_vector
 
 ProgressFn = Callable[[float, str], None]
 
@@ -41,6 +55,7 @@ class TopicConfig(BaseModel):
     target_leak_rate: float = Field(default=0.1, ge=0, le=1, description="stop when this share or less still leaks")
     relevance_threshold: float = Field(default=0.35, ge=0, le=1, description="MiniLM cosine that counts as on topic")
     retain_questions: int = Field(default=48, ge=0, le=1024, description="general questions answered as retain rows")
+    entity_questions: int = Field(default=48, ge=0, le=1024, description="entities asked about for forget rows")
     max_new_tokens: int = Field(default=48, ge=8, le=512)
     temperature: float = Field(default=0.7, ge=0)
 
@@ -74,6 +89,61 @@ def retain_rows(model: LanguageModel, count: int, seed: int, max_new_tokens: int
     return [ForgetRow(prompt=q, completion=a) for q, a in zip(questions, answers, strict=True) if a]
 
 
+@dataclass(frozen=True)
+class TopicRequest:
+    """What an operator asks to forget: a topic, optional seed prompts, its entities and the topics to keep."""
+
+    topic: str
+    seed_prompts: Sequence[str] = ()
+    entities: Sequence[str] = ()
+    keep_topics: Sequence[str] = ()
+
+
+# The classifier options a topic forget set starts from (a run's own classifier options win).
+TOPIC_CLASSIFIER_DEFAULTS: dict[str, Any] = {"alpha": 0.05, "calibration_variants": 0, "prefer": "fpr"}
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _sentences(texts: Sequence[str], min_words: int = 5) -> list[str]:
+    return [s.strip() for t in texts for s in _SENTENCE_END.split(t) if len(s.split()) >= min_words]
+
+
+def entity_rows(
+    model: LanguageModel, topic: str, entities: Sequence[str], on_topic: np.ndarray, config: TopicConfig, seed: int
+) -> list[tuple[str, str]]:
+    """``entity_questions`` of the topic's entities asked about; the pairs whose answer is on topic (``on_topic``)."""
+    from lethe.runtime.text_embedding import shared_text_embedder
+
+    chosen = list(dict.fromkeys(entities))
+    random.Random(seed).shuffle(chosen)
+    questions = [f"Tell me about {e} from {topic}." if i % 2 else f"Tell me about {e}."
+                 for i, e in enumerate(chosen[: config.entity_questions])]  # fmt: skip
+    answers = greedy_answers(model, questions, config.max_new_tokens)
+    scores = shared_text_embedder().encode(answers) @ on_topic if answers else []
+    return [(q, a) for q, a, r in zip(questions, answers, scores, strict=True)
+            if a and r >= config.relevance_threshold]  # fmt: skip
+
+
+def scope_hints(
+    model: LanguageModel, request: TopicRequest, mined: Sequence[str], revealed: Sequence[str], seed: int,
+    max_new_tokens: int,
+) -> ScopeHints:
+    """The classifier's view of the topic: entities, revealed and framed prompts, adjacent topics as negatives."""
+    from lethe.classifier.augment import frames
+    from lethe.training.reveal import mine_entities
+
+    entities = [*request.entities, *mined]
+    keep = [k.strip() for k in request.keep_topics if k and k.strip()]
+    keep_answers = greedy_answers(model, [f"Tell me about {k}." for k in keep], max_new_tokens) if keep else []
+    keep_names = mine_entities(keep_answers, " ".join(keep), 64)
+    return ScopeHints(
+        positives=[*request.seed_prompts, *revealed, *frames(entities, 2, seed + 11)],
+        entities=entities,
+        negatives=[*_sentences(keep_answers), *frames(keep, 6, seed + 5)],
+        negative_entities=[*keep, *keep_names],
+    )
+
+
 def _rows_from(pairs: Sequence[tuple[str, str]], known: set[str]) -> list[ForgetRow]:
     rows = []
     for prompt, completion in pairs:
@@ -97,28 +167,31 @@ def _round_summary(result: RevealResult, threshold: float, through_forget_set: b
     }
 
 
+Trainer = Callable[[list[ForgetRow], list[ForgetRow], ScopeHints, Callable[[float, str], None]], ForgetSetArtifact]
+
+
 def train_topic_forget_set(
     model: LanguageModel,
     name: str,
-    topic: str,
-    seed_prompts: Sequence[str],
-    train: Callable[[list[ForgetRow], list[ForgetRow], Callable[[float, str], None]], ForgetSetArtifact],
+    request: TopicRequest,
+    train: Trainer,
     config: TopicConfig,
     seed: int = 0,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> ForgetSetArtifact:
-    """Reveal, unlearn with ``train(forget, retain, progress)``, re-reveal through the result, repeat.
+    """Reveal, unlearn with ``train(forget, retain, hints, progress)``, re-reveal through the result, repeat.
 
     The returned artifact's metrics gain a ``topic`` entry: each round's reveal figures (asked,
     on-topic count, leak rate, Vendi score, mined entities) and the forget/retain row counts.
     """
     from lethe.runtime.text_embedding import shared_text_embedder
 
-    topic = topic.strip()
+    topic = request.topic.strip()
     if not topic:
         raise TrainingDataError("topic must not be blank")
-    stages: list[tuple[str, float]] = []
+    seed_prompts = list(request.seed_prompts)
+    stages: list[tuple[str, float]] = [("coverage", 1.0)]
     for index in range(config.rounds):
         stages += [(f"reveal{index}", 1.0), (f"train{index}", 3.0), (f"check{index}", 1.0)]
     tracker = ProgressTracker([("retain", 0.5), *stages], progress, cancel)
@@ -135,9 +208,15 @@ def train_topic_forget_set(
         topic, seed_prompts, progress=lambda f: tracker.update("reveal0", f, "reveal"), cancel=cancel
     )
     rounds.append(_round_summary(first, config.relevance_threshold, through_forget_set=False))
-    forget = _rows_from([(p.prompt, p.completion) for p in first.relevant(config.relevance_threshold)], known)
+    revealed = first.relevant(config.relevance_threshold)
+    forget = _rows_from([(p.prompt, p.completion) for p in revealed], known)
     seed_answers = greedy_answers(model, seed_prompts, config.max_new_tokens)
     forget += _rows_from(list(zip(seed_prompts, seed_answers, strict=True)), known)
+    tracker.update("coverage", 0.0, "coverage: asking about the topic's entities")
+    on_topic = topic_vector(shared_text_embedder(), topic, seed_prompts)
+    forget += _rows_from(entity_rows(model, topic, [*request.entities, *first.entities], on_topic, config, seed), known)
+    hints = scope_hints(model, request, first.entities, [p.prompt for p in revealed], seed, config.max_new_tokens)
+    tracker.update("coverage", 1.0, "coverage")
     if len(forget) < 4:
         raise TrainingDataError(
             f"the model revealed only {len(forget)} on-topic answers about {topic!r}: too few to learn a forget set "
@@ -146,7 +225,7 @@ def train_topic_forget_set(
     artifact: ForgetSetArtifact | None = None
     for index in range(config.rounds):
         stage = f"train{index}"
-        artifact = train(forget, retain, lambda f, m, s=stage: tracker.update(s, f, f"{s}: {m}"))
+        artifact = train(forget, retain, hints, lambda f, m, s=stage: tracker.update(s, f, f"{s}: {m}"))
         screen = ForgetSetScreen([artifact])
         check = revealer_for(index + 1).reveal(
             topic,
@@ -166,6 +245,11 @@ def train_topic_forget_set(
     artifact.manifest.metrics["topic"] = {
         "topic": topic,
         "seed_prompts": len(seed_prompts),
+        "entities": len(request.entities),
+        "mined_entities": list(first.entities),
+        "keep_topics": len(request.keep_topics),
+        "scope_positives": len(hints.positives),
+        "scope_negatives": len(hints.negatives),
         "forget_rows": len(forget),
         "retain_rows": len(retain),
         "rounds": rounds,

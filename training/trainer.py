@@ -40,10 +40,10 @@ from lethe.training.metrics import EvalTarget, RowScores, render_question, score
 from lethe.training.progress import ProgressTracker, TrainingCancelled
 from lethe.training.samples import prepare_samples
 from lethe.training.scope import with_token_mode
-from lethe.training.topic import train_topic_forget_set
+from lethe.training.topic import TOPIC_CLASSIFIER_DEFAULTS, TopicRequest, train_topic_forget_set
 
 if TYPE_CHECKING:
-    from lethe.classifier import ScopeClassifier
+    from lethe.classifier import ScopeClassifier, ScopeHints
 
 __all__ = ["TrainConfig", "TrainingCancelled", "TrainingError", "train_forget_set", "train_topic"]
 
@@ -87,11 +87,13 @@ def train_forget_set(
     *,
     forget_set_id: str | None = None,
     classifier: ScopeClassifier | None = None,
+    hints: ScopeHints | None = None,
 ) -> ForgetSetArtifact:
     """Train a forget set's classifier and interventions; returns the artifact (not yet saved).
 
     ``classifier``: reuse an already trained scope classifier (e.g. to retrain the interventions
-    of an existing forget set with another method) instead of training one.
+    of an existing forget set with another method) instead of training one. ``hints``: what the
+    classifier learns besides the forget prompts (a topic's coverage, see ``ScopeHints``).
     Raises ``TrainingDataError`` / ``TrainingError`` on bad input before any work and
     ``TrainingCancelled`` when ``cancel`` is set; progress goes monotonically from 0 to 1.
     """
@@ -113,7 +115,7 @@ def train_forget_set(
     tracker.update("classifier", 0.0, "classifier")
 
     if classifier is None:
-        classifier = _train_classifier(forget_rows, retain_rows, config, tracker)
+        classifier = _train_classifier(forget_rows, retain_rows, config, tracker, hints)
     template = ForgetSetManifest(
         id=f"lethe-train-{abs(config.seed)}",
         name=name.strip(),
@@ -173,21 +175,37 @@ def train_topic(
     cancel: threading.Event | None = None,
     *,
     forget_set_id: str | None = None,
+    entities: Sequence[str] = (),
+    keep_topics: Sequence[str] = (),
 ) -> ForgetSetArtifact:
-    """A forget set from a topic alone: reveal what the model knows, then train as ``train_forget_set`` does."""
+    """A forget set from a topic: reveal what the model knows, then train as ``train_forget_set`` does.
+
+    ``entities`` (names that belong to the topic) and ``keep_topics`` (adjacent topics that must stay
+    answerable) are optional; the topic's classifier starts from ``TOPIC_CLASSIFIER_DEFAULTS``.
+    """
     check_model(model, ForgetRow(prompt=topic or "?", completion="?"))
+    config = config.model_copy(update={"classifier": {**TOPIC_CLASSIFIER_DEFAULTS, **config.classifier}})
 
     def train(
-        forget: list[ForgetRow], retain: list[ForgetRow], report: Callable[[float, str], None]
+        forget: list[ForgetRow], retain: list[ForgetRow], hints: ScopeHints, report: Callable[[float, str], None]
     ) -> ForgetSetArtifact:
-        return train_forget_set(model, name, forget, retain, config, report, cancel, forget_set_id=forget_set_id)
+        return train_forget_set(
+            model, name, forget, retain, config, report, cancel, forget_set_id=forget_set_id, hints=hints
+        )
 
-    seeds = [p.strip() for p in seed_prompts if p and p.strip()]
-    return train_topic_forget_set(model, name, topic, seeds, train, config.topic, config.seed, progress, cancel)
+    def clean(items: Sequence[str]) -> list[str]:
+        return [p.strip() for p in items if p and p.strip()]
+
+    request = TopicRequest(topic, clean(seed_prompts), clean(entities), clean(keep_topics))
+    return train_topic_forget_set(model, name, request, train, config.topic, config.seed, progress, cancel)
 
 
 def _train_classifier(
-    forget: list[ForgetRow], retain: list[ForgetRow], config: TrainConfig, tracker: ProgressTracker
+    forget: list[ForgetRow],
+    retain: list[ForgetRow],
+    config: TrainConfig,
+    tracker: ProgressTracker,
+    hints: ScopeHints | None,
 ) -> ScopeClassifier:
     from lethe.classifier import ClassifierTrainingError, train_scope_classifier
 
@@ -197,6 +215,7 @@ def _train_classifier(
             [r.prompt for r in retain] or None,
             config.classifier_config(),
             progress=lambda fraction: tracker.update("classifier", fraction, "classifier"),
+            hints=hints,
         )
     except ClassifierTrainingError as exc:
         raise TrainingDataError(f"cannot train the scope classifier: {exc}") from None
