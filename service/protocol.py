@@ -25,7 +25,7 @@ SEED_BOUND = 2**63
 class StrictModel(BaseModel):
     """A request body: unknown keys and loosely typed values are refused."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class TextPart(StrictModel):

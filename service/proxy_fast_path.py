@@ -62,8 +62,9 @@ class ProxyFastPath:
             return
         raw, replay = await _buffered(receive)
         scope["route"] = _Route(path)
+        request = Request(scope, replay)
         try:
-            screened = await self.gateway.screening.screen_request(Request(scope, replay), raw, endpoint)
+            screened = await self.gateway.screening.screen_request(request, raw, endpoint)
         except APIError as exc:
             await exc.response()(scope, replay, send)
             return
@@ -72,7 +73,7 @@ class ProxyFastPath:
             await self.app(scope, replay, send)  # the routes serve it with the ProxyBackend
             return
         try:
-            response = await self._forward(screened, raw, Request(scope, replay), path)
+            response = await self._forward(screened, raw, request, path)
         except APIError as exc:
             response = exc.response()
         await response(scope, replay, send)

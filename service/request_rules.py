@@ -52,6 +52,10 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
 
 def parse_body(raw: bytes, model: type[Model]) -> Model:
     """Validate a raw JSON body against ``model``; every failure is a 400 naming the parameter."""
+    try:
+        return model.model_validate_json(raw)  # one pass in pydantic's parser; failures are explained below
+    except ValidationError:
+        pass
     data = parse_json_object(raw)
     try:
         return model.model_validate(data)

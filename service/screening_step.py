@@ -198,6 +198,8 @@ class ScreeningStep:
 
     def check_model(self, model: str) -> None:
         """404 unless ``model`` is served here (the requested name is never echoed)."""
+        if model == self.backend.model_id:
+            return
         served = [card.id for card in self.backend.models()]
         if model not in served:
             message = f"The requested model does not exist; this server serves {', '.join(served)}."
