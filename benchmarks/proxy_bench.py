@@ -365,7 +365,9 @@ def synthetic_model(base: Path, hidden: int, folder: Path) -> Path:
         if (base / name).is_file():
             shutil.copy(base / name, staging / name)
     config = json.loads((base / "config.json").read_text())
-    config.update(hidden_size=hidden, dtype="bfloat16")
+    heads = max(1, hidden // 128)  # Llama-style heads of 128, so the config validates
+    config.update(hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=heads, head_dim=128)
+    config["dtype"] = "bfloat16"
     (staging / "config.json").write_text(json.dumps(config))
     generator = torch.Generator().manual_seed(0)
     weight = (torch.randn(config["vocab_size"], hidden, generator=generator) * 0.02).to(torch.bfloat16)
