@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from lethe.service.audit import AuditLog
 from lethe.service.metrics import GatewayMetrics
@@ -18,23 +19,19 @@ from lethe.service.screening_step import ScreenedRequest
 Status = int | str
 
 
+@dataclass(frozen=True)
 class InferenceAudit:
     """Writes what happened to each inference request, without its text."""
 
-    def __init__(self, log: AuditLog, metrics: GatewayMetrics, model_id: str):
-        self.log = log
-        self.metrics = metrics
-        self.model_id = model_id
+    log: AuditLog
+    metrics: GatewayMetrics
+    model_id: str
 
     def served(
-        self,
-        screened: ScreenedRequest,
-        request_id: str,
-        status: Status,
-        completion_tokens: Sequence[int],
-        stream: bool,
+        self, screened: ScreenedRequest, request_id: str, status: Status, tokens: Sequence[int], stream: bool
     ) -> None:
-        """One line per prompt of a request this gateway served (generated here or on ``prompt_embeds`` upstream)."""
+        """One line per prompt of a request this gateway served (generated here or on ``prompt_embeds`` upstream);
+        ``tokens`` are the completion tokens of each."""
         latency_s = screened.elapsed()
         for index, item in enumerate(screened.prompts):
             self.log.record(
@@ -46,13 +43,13 @@ class InferenceAudit:
                 **item.audit_digest(),
                 forget_sets=[f.forget_set_id for f in item.flags],
                 prompt_tokens=item.prompt_tokens,
-                completion_tokens=completion_tokens[index] if index < len(completion_tokens) else 0,
+                completion_tokens=tokens[index] if index < len(tokens) else 0,
                 latency_ms=round(latency_s * 1000, 2),
                 status=status,
                 stream=stream,
             )
             self.metrics.prompt_tokens.inc(item.prompt_tokens)
-        self.metrics.completion_tokens.inc(sum(completion_tokens))
+        self.metrics.completion_tokens.inc(sum(tokens))
         self.metrics.generation_latency.labels("true" if screened.flagged else "false").observe(latency_s)
 
     def forwarded(self, screened: ScreenedRequest, raw: bytes, status: Status) -> None:

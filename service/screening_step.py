@@ -141,28 +141,22 @@ class ScreenedRequest:
         ]
 
 
+@dataclass
 class ScreeningStep:
     """Authenticates, validates, classifies, renders and plans each inference request, once."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        screen: ForgetSetScreen,
-        rules: RequestRules,
-        keys: KeyChecker,
-        metrics: GatewayMetrics,
-        max_prompt_tokens: int,
-        threads: int = 2,
-    ):
-        self.backend = backend
-        self.screen = screen
-        self.rules = rules
-        self.keys = keys
-        self.metrics = metrics
-        self.max_prompt_tokens = max_prompt_tokens
+    backend: Backend
+    screen: ForgetSetScreen
+    rules: RequestRules
+    keys: KeyChecker
+    metrics: GatewayMetrics
+    max_prompt_tokens: int
+    threads: int = 2
+
+    def __post_init__(self) -> None:
         # Local mode renders every prompt (its model needs the tokens); proxy mode forwards unflagged ones as sent.
-        self.render_all = not getattr(backend, "passthrough", False)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="lethe-screen")
+        self.render_all = not self.backend.passthrough
+        self._pool = ThreadPoolExecutor(max_workers=max(1, self.threads), thread_name_prefix="lethe-screen")
 
     @property
     def embedder(self) -> PromptEmbedder:

@@ -70,6 +70,26 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class _Head(_Model):
+    """The fields every response and chunk starts with."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+
+
+class _WithoutEmptyToolCalls(_Model):
+    """vLLM drops an empty ``tool_calls`` list from messages and deltas."""
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if len(data.get("tool_calls", [])) == 0:
+            data.pop("tool_calls", None)
+        return data
+
+
 class UsageInfo(_Model):
     prompt_tokens: int = 0
     total_tokens: int = 0
@@ -91,11 +111,8 @@ class CompletionResponseChoice(_Model):
     weight_versions: list[Any] | None = None
 
 
-class CompletionResponse(_Model):
-    id: str
+class CompletionResponse(_Head):
     object: str = "text_completion"
-    created: int
-    model: str
     choices: list[CompletionResponseChoice]
     service_tier: str | None = None
     system_fingerprint: str | None = None
@@ -116,11 +133,8 @@ class CompletionResponseStreamChoice(_Model):
     weight_versions: list[Any] | None = None
 
 
-class CompletionStreamResponse(_Model):
-    id: str
+class CompletionStreamResponse(_Head):
     object: str = "text_completion"
-    created: int
-    model: str
     choices: list[CompletionResponseStreamChoice]
     usage: UsageInfo | None = None
     system_fingerprint: str | None = None
@@ -128,7 +142,7 @@ class CompletionStreamResponse(_Model):
     kv_transfer_params: dict[str, Any] | None = None
 
 
-class ChatMessage(_Model):
+class ChatMessage(_WithoutEmptyToolCalls):
     role: str
     content: str | None = None
     refusal: str | None = None
@@ -137,13 +151,6 @@ class ChatMessage(_Model):
     function_call: Any = None
     tool_calls: list[Any] = Field(default_factory=list)
     reasoning: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _serialize(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        if len(data.get("tool_calls", [])) == 0:
-            data.pop("tool_calls", None)
-        return data
 
 
 class ChatCompletionResponseChoice(_Model):
@@ -157,11 +164,8 @@ class ChatCompletionResponseChoice(_Model):
     weight_versions: list[Any] | None = None
 
 
-class ChatCompletionResponse(_Model):
-    id: str
+class ChatCompletionResponse(_Head):
     object: str = "chat.completion"
-    created: int
-    model: str
     choices: list[ChatCompletionResponseChoice]
     service_tier: str | None = None
     system_fingerprint: str | None = None
@@ -174,18 +178,11 @@ class ChatCompletionResponse(_Model):
     metrics: dict[str, Any] | None = None
 
 
-class DeltaMessage(_Model):
+class DeltaMessage(_WithoutEmptyToolCalls):
     role: str | None = None
     content: str | None = None
     reasoning: str | None = None
     tool_calls: list[Any] = Field(default_factory=list)
-
-    @model_serializer(mode="wrap")
-    def _serialize(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        if len(data.get("tool_calls", [])) == 0:
-            data.pop("tool_calls", None)
-        return data
 
 
 class ChatCompletionResponseStreamChoice(_Model):
@@ -198,11 +195,8 @@ class ChatCompletionResponseStreamChoice(_Model):
     weight_versions: list[Any] | None = None
 
 
-class ChatCompletionStreamResponse(_Model):
-    id: str
+class ChatCompletionStreamResponse(_Head):
     object: str = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChatCompletionResponseStreamChoice]
     usage: UsageInfo | None = None
     system_fingerprint: str | None = None
