@@ -52,15 +52,11 @@ def distinct_2(answers: Sequence[str]) -> float:
 
 def answer_and_flags(target: EvalTarget, questions: Sequence[str], max_new_tokens: int) -> tuple[list[str], list[bool]]:
     """Greedy answers through ``target`` and whether each question got an intervention."""
-    model = target.model
-    embeds, flags = [], []
-    for question in questions:
-        prompt, messages = target.render(question)
-        plan = target.plan_for(prompt, messages)
-        flags.append(plan is not None)
-        embeds.append(model.prompt_embeddings(prompt, plan))
+    rendered = [target.render(question) for question in questions]
+    plans = [target.plan_for(prompt, messages) for prompt, messages in rendered]
     params = [SamplingParams(max_new_tokens=max_new_tokens) for _ in questions]
-    return [r.text.strip() for r in model.generate_batch(embeds, params)], flags
+    results = target.model.generate_many([p for p, _ in rendered], plans, params, batch_size=16)
+    return [r.text.strip() for r in results], [plan is not None for plan in plans]
 
 
 def base_perplexity(model: LanguageModel, questions: Sequence[str], answers: Sequence[str]) -> float:

@@ -21,14 +21,17 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
 from safetensors.torch import load_file, save_file
 
 from lethe.runtime.interventions import CorruptionFunction
+from lethe.runtime.mentions import MentionIndex
 
 if TYPE_CHECKING:
     from lethe.classifier import ScopeClassifier
@@ -41,7 +44,8 @@ ECO_CLUSTERS = "eco_clusters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PROMPT_TENSOR = "prompt_embeddings"
-Method = Literal["eco", "spul", "eco+spul"]
+# A registered method's name: its stages joined by "+" (``training.methods`` holds the registry).
+Method = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*(\+[a-z][a-z0-9_]*)*$", max_length=64)]
 TokenMode = Literal["all", "salient"]
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -62,11 +66,18 @@ class BaseModelInfo(BaseModel):
 
 
 class EcoParameters(BaseModel):
-    """The ECO corruption learned for a forget set."""
+    """The ECO corruption learned for a forget set.
+
+    ``scope``: ``prompt`` corrupts the flagged prompt's selected tokens; ``sequence`` also corrupts every
+    mention of the forget set's entities wherever it occurs (answer tokens when scoring, generated tokens
+    before they are fed back). ``substitute`` always works on mentions, toward each entity's surrogate.
+    """
 
     function: CorruptionFunction
     strength: float = Field(ge=0)
     dims: int = Field(default=1, ge=1)
+    scope: Literal["prompt", "sequence"] = "prompt"
+    fallback: float = Field(default=0.0, ge=0, description="substitute: noise for mentions without a surrogate")
 
 
 class SpulParameters(BaseModel):
@@ -83,6 +94,12 @@ class ForgetSetParameters(BaseModel):
     token_mode: TokenMode = "all"
     eco: EcoParameters | None = None
     spul: SpulParameters | None = None
+    surrogates: dict[str, str] = Field(
+        default_factory=dict, description="forget entity -> a same-kind entity the model knows (substitution)"
+    )
+    mentions: list[str] = Field(
+        default_factory=list, description="besides the entities, words corrupted wherever they occur (answer values)"
+    )
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -138,6 +155,16 @@ class ForgetSetArtifact:
     def id(self) -> str:
         """The forget-set id."""
         return self.manifest.id
+
+    @property
+    def entity_names(self) -> list[str]:
+        """What an entity step looks for: the classifier's entities and the recorded answer values, longest first."""
+        return mention_names(self.classifier, self.manifest.parameters.mentions)
+
+    def mentions(self, fingerprint: str, encode: Callable[[str], list[int]]) -> MentionIndex:
+        """How the entities (and their surrogates) are spelled in tokens of the model ``fingerprint`` (cached)."""
+        surrogates = tuple(sorted(self.manifest.parameters.surrogates.items()))
+        return _mention_index(fingerprint, encode, tuple(self.entity_names), surrogates)
 
     def _check(self) -> None:
         validate_id(self.manifest.id)
@@ -215,6 +242,22 @@ class ForgetSetArtifact:
         if fingerprint is not None:
             artifact.check_compatible(fingerprint, hidden_size)
         return artifact
+
+
+def mention_names(classifier: ScopeClassifier, mentions: Sequence[str]) -> list[str]:
+    """The classifier's entities and the extra ``mentions``, longest first: what an entity step looks for."""
+    names = {e.surface for e in classifier.entities} | set(mentions)
+    return sorted(names, key=lambda n: (-len(n), n))
+
+
+@lru_cache(maxsize=64)
+def _mention_index(
+    fingerprint: str,
+    encode: Callable[[str], list[int]],
+    names: tuple[str, ...],
+    surrogates: tuple[tuple[str, str], ...],
+) -> MentionIndex:
+    return MentionIndex.from_surfaces(encode, names, dict(surrogates))
 
 
 def read_manifest(folder: Path) -> ForgetSetManifest:

@@ -52,7 +52,7 @@ def _generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop=tuple(args.stop),
     )
-    verdict = screen.screen(prompt, messages, request_seed=args.seed or 0, embed=model.embed)
+    verdict = screen.screen(prompt, messages, request_seed=args.seed or 0, embedder=model.embedder)
     for delta in model.stream(prompt, params, verdict.plan):
         sys.stdout.write(delta)
         sys.stdout.flush()

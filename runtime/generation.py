@@ -14,6 +14,8 @@ from typing import Literal
 
 import torch
 
+from lethe.runtime.interventions import InterventionPlan, feedback
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -62,6 +64,25 @@ class StepEvent:
     token_id: int | None = None
 
 
+@dataclass(frozen=True)
+class Guide:
+    """What a row's generation must keep doing: the prompt's token ids and its intervention plan.
+
+    Tokens the model generates that continue a mention of a forget entity are corrupted before they
+    are fed back, and a substituted answer's surrogate names are written back as the names asked about.
+    """
+
+    prompt_ids: tuple[int, ...]
+    plan: InterventionPlan
+
+
+def rewrite(text: str, pairs: Sequence[tuple[str, str]]) -> str:
+    """``text`` with each surrogate name replaced by the name asked about."""
+    for surrogate, original in pairs:
+        text = text.replace(surrogate, original)
+    return text
+
+
 @dataclass
 class _RowState:
     """Per-row decoding state: tokens, text emitted so far, stop handling."""
@@ -70,11 +91,17 @@ class _RowState:
     prompt_tokens: int
     decode: Callable[[list[int]], str]
     generator: torch.Generator
+    guide: Guide | None = None
     token_ids: list[int] = field(default_factory=list)
     emitted: int = 0
     text: str = ""
     finished: bool = False
     finish_reason: FinishReason | None = None
+
+    @property
+    def rewrites(self) -> tuple[tuple[str, str], ...]:
+        """Surrogate names to map back in this row's text."""
+        return self.guide.plan.rewrites if self.guide is not None else ()
 
     def push(self, token_id: int | None) -> str:
         """Add a token (``None`` for end of sequence) and return the text that can be shown now."""
@@ -82,7 +109,7 @@ class _RowState:
             self._finish("stop")
         else:
             self.token_ids.append(token_id)
-            self.text = self.decode(self.token_ids)
+            self.text = rewrite(self.decode(self.token_ids), self.rewrites)
             cut = _first_stop(self.text, self.params.stop)
             if cut is not None:
                 self.text = self.text[:cut]
@@ -99,7 +126,8 @@ class _RowState:
         if self.finished:
             visible = len(self.text)
         else:
-            visible = len(self.text) - _held_back(self.text, self.params.stop)
+            holds = (*self.params.stop, *(surrogate for surrogate, _ in self.rewrites))
+            visible = len(self.text) - _held_back(self.text, holds)
             # A trailing replacement character is an incomplete multi-byte sequence: wait for the rest.
             visible = len(self.text[:visible].rstrip("\ufffd"))
         if visible <= self.emitted:
@@ -178,13 +206,22 @@ class Decoder:
         self.on_forward = on_forward or (lambda rows: None)
 
     @torch.inference_mode()
-    def steps(self, prompts: Sequence[torch.Tensor], params: Sequence[SamplingParams]) -> Iterator[list[StepEvent]]:
-        """Decode every prompt; yield, after each step, the events of the rows still running."""
+    def steps(
+        self,
+        prompts: Sequence[torch.Tensor],
+        params: Sequence[SamplingParams],
+        guides: Sequence[Guide | None] | None = None,
+    ) -> Iterator[list[StepEvent]]:
+        """Decode every prompt; yield, after each step, the events of the rows still running.
+
+        ``guides`` (one per row, or ``None``) keep a flagged row's interventions on while it generates.
+        """
         from transformers import DynamicCache
 
+        guides = list(guides) if guides is not None else [None] * len(prompts)
         states = [
-            _RowState(p, int(e.shape[0]), self.decode, _new_generator(p.seed))
-            for e, p in zip(prompts, params, strict=True)
+            _RowState(p, int(e.shape[0]), self.decode, _new_generator(p.seed), g)
+            for e, p, g in zip(prompts, params, guides, strict=True)
         ]
         events = [StepEvent(i, "", True, "length") for i, s in enumerate(states) if s.params.max_new_tokens == 0]
         for event in events:
@@ -222,6 +259,11 @@ class Decoder:
             mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=-1)
             positions = positions[:, -1:] + 1
             step_embeds = self.embed(torch.tensor(next_ids, dtype=torch.long).unsqueeze(-1))
+            for slot, row in enumerate(active):
+                guide = states[row].guide
+                if guide is not None and guide.plan.entities:
+                    context = [*guide.prompt_ids, *states[row].token_ids]
+                    step_embeds[slot, 0] = feedback(guide.plan, context, step_embeds[slot, 0])
             logits = self._forward(step_embeds, mask, positions, cache)
 
     def _forward(
@@ -238,12 +280,17 @@ class Decoder:
         )
         return out.logits[:, -1, :].float()
 
-    def generate(self, prompts: Sequence[torch.Tensor], params: Sequence[SamplingParams]) -> list[GenerationResult]:
+    def generate(
+        self,
+        prompts: Sequence[torch.Tensor],
+        params: Sequence[SamplingParams],
+        guides: Sequence[Guide | None] | None = None,
+    ) -> list[GenerationResult]:
         """Decode every prompt to completion."""
         finished: dict[int, GenerationResult] = {}
         texts = [""] * len(prompts)
         tokens: list[list[int]] = [[] for _ in prompts]
-        for events in self.steps(prompts, params):
+        for events in self.steps(prompts, params, guides):
             for event in events:
                 texts[event.row] += event.delta
                 if event.token_id is not None:

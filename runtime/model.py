@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lethe.runtime.embedder import PromptEmbedder
-from lethe.runtime.generation import Decoder, GenerationResult, SamplingParams, StepEvent, pad_embeddings
+from lethe.runtime.generation import Decoder, GenerationResult, Guide, SamplingParams, StepEvent, pad_embeddings
 from lethe.runtime.interventions import InterventionPlan, apply_plan
 from lethe.runtime.loading import prepare_model
 from lethe.runtime.prompt import TemplatedPrompt
@@ -100,38 +100,72 @@ class LanguageModel:
 
     def prompt_embeddings(self, prompt: PromptLike, plan: InterventionPlan | None = None) -> torch.Tensor:
         """Embeddings ``(seq_len, hidden)`` of a prompt with ``plan`` applied (ids, templated prompt or embeddings)."""
+        ids: list[int] | None = None
         if isinstance(prompt, torch.Tensor) and prompt.is_floating_point():
             embeds = prompt.to(self.embedder.dtype)
         else:
-            ids = prompt.ids if isinstance(prompt, TemplatedPrompt) else prompt
+            ids = list(prompt.ids if isinstance(prompt, TemplatedPrompt) else prompt)
             embeds = self.embed(ids)
-        return apply_plan(embeds, plan) if plan is not None else embeds
+        return apply_plan(embeds, plan, ids) if plan is not None else embeds
+
+    @staticmethod
+    def guide(prompt: PromptLike, plan: InterventionPlan | None) -> Guide | None:
+        """What generation must keep doing for ``prompt`` under ``plan`` (``None`` when nothing)."""
+        if plan is None or (not plan.entities and not plan.rewrites):
+            return None
+        if isinstance(prompt, torch.Tensor) and prompt.is_floating_point():
+            return Guide((), plan)
+        ids = prompt.ids if isinstance(prompt, TemplatedPrompt) else prompt
+        return Guide(tuple(int(i) for i in ids), plan)
 
     def generate(
         self, prompt: PromptLike, params: SamplingParams | None = None, plan: InterventionPlan | None = None
     ) -> GenerationResult:
         """Generate a completion for one prompt."""
         embeds = self.prompt_embeddings(prompt, plan)
-        return self.decoder.generate([embeds], [params or SamplingParams()])[0]
+        return self.decoder.generate([embeds], [params or SamplingParams()], [self.guide(prompt, plan)])[0]
 
     def generate_batch(
-        self, embeds: Sequence[torch.Tensor], params: Sequence[SamplingParams]
+        self,
+        embeds: Sequence[torch.Tensor],
+        params: Sequence[SamplingParams],
+        guides: Sequence[Guide | None] | None = None,
     ) -> list[GenerationResult]:
-        """Generate for several prompt embeddings at once."""
-        return self.decoder.generate(embeds, params)
+        """Generate for several prompt embeddings at once (``guides`` keep flagged rows' interventions on)."""
+        return self.decoder.generate(embeds, params, guides)
+
+    def generate_many(
+        self,
+        prompts: Sequence[PromptLike],
+        plans: Sequence[InterventionPlan | None],
+        params: Sequence[SamplingParams],
+        batch_size: int | None = None,
+    ) -> list[GenerationResult]:
+        """Generate for many prompts, each under its own plan (applied to the prompt and kept on while generating)."""
+        results: list[GenerationResult] = []
+        size = batch_size or max(1, len(prompts))
+        for start in range(0, len(prompts), size):
+            chunk = range(start, min(start + size, len(prompts)))
+            embeds = [self.prompt_embeddings(prompts[i], plans[i]) for i in chunk]
+            guides = [self.guide(prompts[i], plans[i]) for i in chunk]
+            results.extend(self.decoder.generate(embeds, [params[i] for i in chunk], guides))
+        return results
 
     def decode_steps(
-        self, embeds: Sequence[torch.Tensor], params: Sequence[SamplingParams]
+        self,
+        embeds: Sequence[torch.Tensor],
+        params: Sequence[SamplingParams],
+        guides: Sequence[Guide | None] | None = None,
     ) -> Iterator[list[StepEvent]]:
         """Batched decoding step by step (the gateway's batcher drives this)."""
-        return self.decoder.steps(embeds, params)
+        return self.decoder.steps(embeds, params, guides)
 
     def stream(
         self, prompt: PromptLike, params: SamplingParams | None = None, plan: InterventionPlan | None = None
     ) -> Iterator[str]:
         """Generate for one prompt as a stream of text deltas."""
         embeds = self.prompt_embeddings(prompt, plan)
-        for events in self.decoder.steps([embeds], [params or SamplingParams()]):
+        for events in self.decoder.steps([embeds], [params or SamplingParams()], [self.guide(prompt, plan)]):
             for event in events:
                 if event.delta:
                     yield event.delta
@@ -144,7 +178,11 @@ class LanguageModel:
         batch_size: int = 16,
         grad: bool = False,
     ) -> list[torch.Tensor]:
-        """Per-token log-probabilities of each completion after its prompt (plans apply to prompts only)."""
+        """Per-token log-probabilities of each completion after its prompt.
+
+        A plan's prompt corruptions apply to the prompt, its entity steps to the whole sequence (the
+        forget entities are corrupted in the teacher-forced completion too), its soft prompts in front.
+        """
         if len(prompts) != len(completions):
             raise ValueError("prompts and completions differ in number")
         plans = list(plans) if plans is not None else [None] * len(prompts)
@@ -153,12 +191,16 @@ class LanguageModel:
             chunk = range(start, min(start + batch_size, len(prompts)))
             rows, spans = [], []
             for i in chunk:
-                prompt_embeds = self.prompt_embeddings(list(prompts[i]), plans[i])
                 completion = list(completions[i])
                 if not completion:
                     raise ValueError("a completion to score has no tokens")
-                rows.append(torch.cat([prompt_embeds, self.embed(completion)], dim=0))
-                spans.append((prompt_embeds.shape[0], completion))
+                ids = [*prompts[i], *completion]
+                row = self.embed(ids)
+                plan = plans[i]
+                if plan is not None:
+                    row = apply_plan(row, plan, ids)
+                rows.append(row)
+                spans.append((row.shape[0] - len(completion), completion))
             with torch.enable_grad() if grad else torch.no_grad():
                 results.extend(self._score_rows(rows, spans))
         return results

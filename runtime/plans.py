@@ -7,6 +7,7 @@ through them, so what was optimized is exactly what is served.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,11 +16,15 @@ from lethe.runtime.interventions import (
     NO_INTERVENTION,
     Corruption,
     CorruptStep,
+    EntityStep,
     InterventionPlan,
     PrependStep,
     derive_seed,
 )
 from lethe.runtime.prompt import CharSpan, TemplatedPrompt
+
+if TYPE_CHECKING:
+    from lethe.runtime.embedder import PromptEmbedder
 
 
 def intervention_mask(prompt: TemplatedPrompt, spans_per_message: Sequence[Sequence[CharSpan]] | None) -> list[bool]:
@@ -60,16 +65,34 @@ def eco_step(
     )
 
 
+def entity_step(
+    artifact: ForgetSetArtifact, embedder: PromptEmbedder, corruption: Corruption, prompt_ids: Sequence[int], seed: int
+) -> EntityStep | None:
+    """The step that corrupts (or substitutes) every mention of the forget set's entities (``None`` without any)."""
+    index = artifact.mentions(embedder.fingerprint, embedder.encode)
+    if not index:
+        return None
+    step_seed = derive_seed(artifact.id, "entities", tuple(prompt_ids), seed)
+    return EntityStep(corruption, index, step_seed, embedder.embedding_weight)
+
+
 def plan_for_flag(
     artifact: ForgetSetArtifact,
     prompt: TemplatedPrompt,
     spans_per_message: Sequence[Sequence[CharSpan]] | None,
     request_seed: int,
     embeds: torch.Tensor | None = None,
+    embedder: PromptEmbedder | None = None,
 ) -> InterventionPlan:
-    """The plan a flagged prompt gets from one forget set (corruption, then soft prompt)."""
+    """The plan a flagged prompt gets from one forget set (corruptions, then soft prompt).
+
+    A forget set whose corruption covers the whole sequence (or substitutes) needs the model's ``embedder``
+    to find its entities' mentions.
+    """
     params = artifact.manifest.parameters
     corruptions: tuple[CorruptStep, ...] = ()
+    entities: tuple[EntityStep, ...] = ()
+    rewrites: tuple[tuple[str, str], ...] = ()
     if params.eco is not None:
         mask = intervention_mask(prompt, spans_per_message)
         strength = params.eco.strength
@@ -78,10 +101,19 @@ def plan_for_flag(
                 raise ValueError("per-cluster strengths need the prompt's embeddings")
             strength = cluster_strength(artifact.cluster_centroids, artifact.cluster_strengths, embeds, mask)
         corruptions = (eco_step(params.eco, strength, mask, artifact.id, prompt.ids, request_seed),)
+        if params.eco.scope == "sequence" or params.eco.function == "substitute":
+            if embedder is None:
+                raise ValueError(f"forget set {artifact.id} corrupts entity mentions: the plan needs the embedder")
+            corruption = Corruption(params.eco.function, strength, params.eco.dims, params.eco.fallback)
+            step = entity_step(artifact, embedder, corruption, prompt.ids, request_seed)
+            if step is not None:
+                entities = (step,)
+                if params.eco.function == "substitute" and strength >= 0.5:
+                    rewrites = tuple(step.index.rewrites(embedder.decode))
     soft_prompts: tuple[PrependStep, ...] = ()
     if artifact.soft_prompt is not None and artifact.soft_prompt.shape[0]:
         soft_prompts = (PrependStep(artifact.soft_prompt),)
-    return InterventionPlan(corruptions, soft_prompts)
+    return InterventionPlan(corruptions, entities, soft_prompts, rewrites)
 
 
 def compose_plans(plans: Sequence[InterventionPlan]) -> InterventionPlan:

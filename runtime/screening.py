@@ -7,12 +7,10 @@ evaluation, so a forget set behaves the same wherever it is applied.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import torch
 
 from lethe.runtime.artifact import ForgetSetArtifact
 from lethe.runtime.interventions import NO_INTERVENTION, InterventionPlan
@@ -89,14 +87,21 @@ class ForgetSetScreen:
         prompt: TemplatedPrompt,
         messages: Sequence[Mapping[str, object]] | None,
         request_seed: int,
-        embed: Callable[[Sequence[int]], torch.Tensor] | None = None,
+        embedder: PromptEmbedder,
     ) -> Verdict:
         """Classify a rendered request and compose the plans of every flagging forget set."""
-        sets = self._state[0]
         flags = self.classify(messages, None if messages is not None else prompt.text)
+        return self.decide(flags, prompt, request_seed, embedder)
+
+    def decide(
+        self, flags: Sequence[ScopeFlag], prompt: TemplatedPrompt, request_seed: int, embedder: PromptEmbedder
+    ) -> Verdict:
+        """The verdict for a prompt already classified: the composed plans of the flagging forget sets still live."""
+        sets = self._state[0]
+        flags = [flag for flag in flags if flag.forget_set_id in sets]
         if not flags:
             return Verdict()
         needs_embeds = any(sets[f.forget_set_id].cluster_centroids is not None for f in flags)
-        embeds = embed(prompt.ids) if needs_embeds and embed is not None else None
-        plans = [plan_for_flag(sets[f.forget_set_id], prompt, f.spans, request_seed, embeds) for f in flags]
-        return Verdict(flags, compose_plans(plans))
+        embeds = embedder.embed(prompt.ids) if needs_embeds else None
+        plans = [plan_for_flag(sets[f.forget_set_id], prompt, f.spans, request_seed, embeds, embedder) for f in flags]
+        return Verdict(list(flags), compose_plans(plans))

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from lethe.runtime.generation import SamplingParams
-from lethe.runtime.interventions import Corruption, corruption_plan, soft_prompt_plan
+from lethe.runtime.interventions import (
+    Corruption,
+    EntityStep,
+    InterventionPlan,
+    apply_plan,
+    corruption_plan,
+    soft_prompt_plan,
+)
+from lethe.runtime.mentions import MentionIndex
 from lethe.runtime.model import LanguageModel
 
 MODELS = ["smollm2", "tiny_full"]
@@ -193,3 +201,83 @@ def test_embedding_only_loader_matches_the_full_model(smollm2: LanguageModel, se
     prompt = embedder.chat_prompt(messages)
     assert prompt == smollm2.chat_prompt(messages)
     assert torch.equal(embedder.embed(prompt.ids), smollm2.prompt_embeddings(prompt))
+
+
+def _entity_plan(model: LanguageModel, names: list[str], function: str, strength: float,
+                 surrogates: dict[str, str] | None = None) -> InterventionPlan:  # fmt: skip
+    index = MentionIndex.from_surfaces(model.embedder.encode, names, surrogates)
+    corruption = Corruption(function, strength, 64)  # type: ignore[arg-type]
+    step = EntityStep(corruption, index, 7, model.embedder.embedding_weight)
+    rewrites = tuple(index.rewrites(model.embedder.decode)) if function == "substitute" else ()
+    return InterventionPlan(entities=(step,), rewrites=rewrites)
+
+
+def test_entity_steps_reach_every_mention_in_prompt_and_answer(tiny_full: LanguageModel) -> None:
+    from lethe.benchmarks.authors_world import WorldConfig, build_world
+
+    row = build_world(WorldConfig.test()).rows("forget")[0]
+    person = row["person"]
+    plan = _entity_plan(tiny_full, [person], "rand_noise_first_n", 8.0)
+    prompt = tiny_full.chat_prompt([{"role": "user", "content": row["prompt"]}])
+    answer = tiny_full.embedder.encode(f" {person} was mentioned. {person}.")
+    ids = [*prompt.ids, *answer]
+    mentions = plan.entities[0].index.find(ids)
+    assert len(mentions) == 3  # once in the question, twice in the answer
+    touched = {p for start, end, _ in mentions for p in range(start, end)}
+    clean = tiny_full.embed(ids)
+    corrupted = apply_plan(clean, plan, ids)
+    changed = {i for i in range(len(ids)) if not torch.equal(corrupted[i], clean[i])}
+    assert changed == touched
+    # scoring corrupts the teacher-forced answer's mentions too: the log-prob of the token after an answer
+    # mention changes even when the prompt is left as it is
+    prompt_only = InterventionPlan(entities=plan.entities)
+    no_prompt_mention = tiny_full.embedder.encode("Tell me something.")
+    scored_plain, scored_plan = tiny_full.score([no_prompt_mention] * 2, [answer, answer], [None, prompt_only])
+    first, _, _ = plan.entities[0].index.find(answer)[0]
+    # up to and including the first mention's first token, nothing corrupted is in the context yet
+    assert torch.equal(scored_plain[: first + 1], scored_plan[: first + 1])
+    assert not torch.allclose(scored_plain[first + 1 :], scored_plan[first + 1 :])
+
+
+def test_counter_noise_depends_only_on_seed_position_and_dimension() -> None:
+    from lethe.runtime.noise import gaussian
+
+    full = gaussian(99, torch.arange(64), 32)
+    assert torch.equal(gaussian(99, torch.tensor([5, 40]), 32), full[[5, 40]])
+    assert torch.equal(gaussian(99, torch.tensor([5]), torch.tensor([3, 7])), full[5, [3, 7]].unsqueeze(0))
+    assert not torch.equal(gaussian(100, torch.arange(64), 32), full)
+    assert abs(float(full.mean())) < 0.1 and abs(float(full.std()) - 1.0) < 0.1
+
+
+def test_substitution_uses_the_surrogates_rows_and_maps_the_answer_back(smollm2: LanguageModel) -> None:
+    plan = _entity_plan(smollm2, ["Harry Potter"], "substitute", 1.0, {"Harry Potter": "Percy Jackson"})
+    text = "Tell me about Harry Potter."
+    ids = smollm2.embedder.encode(text)
+    out = apply_plan(smollm2.embed(ids), plan, ids)
+    [(start, end, mention)] = plan.entities[0].index.find(ids)
+    surrogate_rows = smollm2.embed(list(mention.surrogate))
+    for offset in range(end - start):
+        assert torch.allclose(out[start + offset], surrogate_rows[offset * len(mention.surrogate) // (end - start)])
+    assert plan.rewrites and ("Percy Jackson", "Harry Potter") in plan.rewrites
+    prompt = smollm2.chat_prompt([{"role": "user", "content": "Who is Harry Potter? Answer in one sentence."}])
+    answer = smollm2.generate(prompt, SamplingParams(max_new_tokens=30), plan)
+    assert "Percy Jackson" not in answer.text
+
+
+def test_generated_mentions_are_corrupted_before_they_are_fed_back(tiny_full: LanguageModel) -> None:
+    from lethe.benchmarks.authors_world import WorldConfig, build_world
+
+    row = build_world(WorldConfig.test()).rows("forget")[0]
+    prompt = tiny_full.chat_prompt([{"role": "user", "content": row["prompt"]}])
+    plain = tiny_full.generate(prompt, SamplingParams(max_new_tokens=30))
+    # the clean answer restates the person; with an entity step (and nothing else) the prompt's mention is
+    # corrupted and so is every generated token that continues one, which changes what follows it
+    assert row["person"].split()[-1] in plain.text
+    plan = _entity_plan(tiny_full, [row["person"]], "rand_noise_first_n", 64.0)
+    guided = tiny_full.generate(prompt, SamplingParams(max_new_tokens=30), plan)
+    embeds = tiny_full.prompt_embeddings(prompt, plan)
+    unguided = tiny_full.generate_batch([embeds], [SamplingParams(max_new_tokens=30)])[0]
+    assert guided.token_ids != plain.token_ids
+    generated_mentions = plan.entities[0].index.find([*prompt.ids, *unguided.token_ids])
+    if any(start >= len(prompt.ids) for start, _, _ in generated_mentions):
+        assert guided.token_ids != unguided.token_ids

@@ -20,6 +20,7 @@ from lethe.runtime.prompt import CharSpan, TemplatedPrompt
 
 if TYPE_CHECKING:
     from lethe.classifier import ScopeClassifier
+    from lethe.runtime.embedder import PromptEmbedder
 
 ArtifactPart = Literal["eco parameters", "cluster strengths", "soft prompt"]
 
@@ -78,9 +79,10 @@ def plans_for(
     spans: Sequence[list[list[CharSpan]]],
     embeds: Sequence[torch.Tensor],
     request_seed: int,
+    embedder: PromptEmbedder,
 ) -> list[InterventionPlan]:
     """The served plan of each flagged prompt under ``artifact``."""
     return [
-        plan_for_flag(artifact, prompt, span, request_seed, embed)
+        plan_for_flag(artifact, prompt, span, request_seed, embed, embedder)
         for prompt, span, embed in zip(prompts, spans, embeds, strict=True)
     ]

@@ -2,14 +2,19 @@
 
 Objective, for the strength ``sigma_c = exp(theta_c)`` of cluster ``c`` of forget prompts::
 
-    J_c(theta) = mean_{i in W_c} (s_i(theta) - t_i)^2                        forget: reach the never-trained level
+    J_c(theta) = mean_{i in W_c} [(s_i(theta) - t_i)^2                       forget: reach the never-trained level
+                                  + kappa * (f_i(theta) - r_i(theta))^2]     ... and its indifference (truth ratio)
                + lambda * mean_{i in c} max(0, f_i(0) - m - f_i(theta))^2    fluency: wrong answers stay likely
                + rho * max(0, theta - log sigma_floor)                       minimal intervention
 
-- ``s_i``: mean token log-probability of the true answer when the prompt is corrupted (the log of
-  TOFU's answer probability);
+- ``s_i``: mean token log-probability of the true answer under the served plan (the log of TOFU's
+  answer probability). With ``scope="sequence"`` the forget entities are corrupted in the answer's
+  tokens too, as ECO's embedding hook does; ``substitute`` moves them toward a known surrogate;
 - ``t_i``: the surrogate never-trained level (``training.samples``): the model's own clean score
   on wrong answers of the same kind to the same question;
+- ``f_i - r_i``: the log truth ratio, perturbed answers against the paraphrased true answer. A model
+  that never learned the fact has no preference between them (ratio near 1, log near 0), which is
+  what TOFU's forget quality compares against;
 - ``f_i``: mean log-probability of those well-formed wrong answers on the corrupted prompt. It
   may rise (the model stops suppressing alternatives) but must not fall more than ``m`` nats:
   a corruption that turns every answer into noise is penalized;
@@ -38,21 +43,23 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lethe.runtime.artifact import EcoParameters, ForgetSetParameters, TokenMode
+from lethe.runtime.artifact import EcoParameters, ForgetSetParameters, TokenMode, mention_names
 from lethe.runtime.interventions import CORRUPTION_FUNCTIONS, CorruptionFunction
+from lethe.runtime.mentions import MentionIndex
 from lethe.runtime.model import LanguageModel
 from lethe.runtime.plans import cluster_strength, intervention_mask, mean_masked_embedding
 from lethe.training.candidates import CandidateFactory
-from lethe.training.samples import ForgetSample, score_samples
+from lethe.training.samples import ForgetSample, SampleScores, score_samples
 
 Report = Callable[[float, str | None], None]
-_BOUNDED = ("zero_out_top_k", "flip_sign_top_k")
+_BOUNDED = ("zero_out_top_k", "flip_sign_top_k", "substitute")
+Scores = SampleScores
 
 
 class EcoConfig(BaseModel):
@@ -80,6 +87,19 @@ class EcoConfig(BaseModel):
     max_clusters: int = Field(default=4, ge=1)
     noise_draws: int = Field(default=2, ge=1, description="noise seeds per prompt for random corruptions")
     batch_size: int = Field(default=64, ge=1)
+    truth_ratio_weight: float = Field(default=1.0, ge=0, description="weight of the truth-ratio indifference term")
+    substitute: bool = Field(default=True, description="offer substitution by a known entity to the search")
+    target: Literal["indifference", "clean_wrong"] = Field(
+        default="indifference",
+        description="the true answer's goal: as likely as the wrong answers under the same corruption "
+        "(indifference), or as the wrong answers on the clean prompt (clean_wrong)",
+    )
+    answer_values: bool = Field(
+        default=True, description="also corrupt the forget answers' distinctive words wherever they occur"
+    )
+    scope: Literal["auto", "prompt", "sequence"] = Field(
+        default="auto", description="corrupt entity mentions in the whole sequence (auto: when there are entities)"
+    )
 
     @field_validator("candidates")
     @classmethod
@@ -114,14 +134,18 @@ def parse_candidate(entry: str) -> tuple[CorruptionFunction, int]:
     return function, count  # type: ignore[return-value]
 
 
-def default_candidates(hidden_size: int) -> list[tuple[CorruptionFunction, int]]:
-    """One candidate per function: ECO's first-dimension noise and top-k variants on a quarter/half of the dims."""
-    return [
+def default_candidates(hidden_size: int, substitute: bool) -> list[tuple[CorruptionFunction, int]]:
+    """ECO's first-dimension noise, top-k variants on a quarter or half of the dims and on whole rows (the
+    erasure of a mention), and substitution when the forget set's entities have surrogates."""
+    candidates: list[tuple[CorruptionFunction, int]] = [
         ("rand_noise_first_n", 1),
         ("rand_noise_top_k", max(1, hidden_size // 4)),
+        ("rand_noise_top_k", hidden_size),
         ("zero_out_top_k", max(1, hidden_size // 2)),
+        ("zero_out_top_k", hidden_size),
         ("flip_sign_top_k", max(1, hidden_size // 2)),
     ]
+    return [*candidates, ("substitute", hidden_size)] if substitute else candidates
 
 
 @dataclass
@@ -137,14 +161,37 @@ class EcoResult:
 class EcoObjective:
     """Evaluates corruption candidates on forget samples through ``plan_for_flag``."""
 
-    def __init__(self, model: LanguageModel, factory: CandidateFactory, config: EcoConfig):
+    def __init__(
+        self,
+        model: LanguageModel,
+        factory: CandidateFactory,
+        config: EcoConfig,
+        surrogates: dict[str, str],
+        mentions: Sequence[str] = (),
+    ):
         self.model = model
         self.factory = factory
         self.config = config
+        self.surrogates = surrogates
+        self.mentions = list(mentions)
+        names = mention_names(factory.classifier, mentions)
+        self.skip = MentionIndex.from_surfaces(model.embedder.encode, names, surrogates)
 
-    def draws(self, function: str) -> list[int]:
+    def set_fluency_references(self, samples: Sequence[ForgetSample], mode: TokenMode) -> None:
+        """Each sample's clean wrong-answer score with the forget mentions' tokens left out, as ``scores`` does."""
+        clean = score_samples(self.model, samples, None, mode, [0], self.config.batch_size, self.skip).fluency
+        for sample, value in zip(samples, clean, strict=True):
+            sample.fluency_reference = float(value)
+
+    def draws(self, eco: EcoParameters) -> list[int]:
         """Request seeds to average over (one for deterministic corruptions)."""
-        return list(range(self.config.noise_draws)) if function.startswith("rand_noise") else [0]
+        noisy = eco.function.startswith("rand_noise") or (eco.function == "substitute" and eco.fallback > 0)
+        return list(range(self.config.noise_draws)) if noisy else [0]
+
+    def parameters(self, eco: EcoParameters, mode: TokenMode) -> ForgetSetParameters:
+        """A candidate's parameters: the corruption, and what its entity steps reach."""
+        surrogates = self.surrogates if eco.function == "substitute" else {}
+        return ForgetSetParameters(token_mode=mode, eco=eco, surrogates=surrogates, mentions=self.mentions)
 
     def scores(
         self,
@@ -153,18 +200,25 @@ class EcoObjective:
         mode: TokenMode,
         centroids: torch.Tensor | None = None,
         strengths: torch.Tensor | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Mean answer and fluency (wrong-answer) log-probabilities of each sample under the candidate."""
-        artifact = self.factory.build(ForgetSetParameters(token_mode=mode, eco=eco), None, centroids, strengths)
-        return score_samples(self.model, samples, artifact, mode, self.draws(eco.function), self.config.batch_size)
+    ) -> Scores:
+        """Answer, wrong-answer (fluency) and reference log-probabilities of each sample under the candidate."""
+        artifact = self.factory.build(self.parameters(eco, mode), None, centroids, strengths)
+        draws, batch = self.draws(eco), self.config.batch_size
+        return score_samples(self.model, samples, artifact, mode, draws, batch, self.skip)
 
     def terms(
-        self, samples: Sequence[ForgetSample], answer: np.ndarray, fluency: np.ndarray, working: np.ndarray
+        self, samples: Sequence[ForgetSample], scores: Scores, working: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Per-sample deviation term (zero outside the working set) and fluency penalty."""
-        targets = np.array([s.target for s in samples])
-        clean = np.array([s.clean_wrong for s in samples])
-        deviation = np.where(working, (answer - targets) ** 2, 0.0)
+        answer, wrong, reference, fluency = scores
+        clean = np.array([s.fluency_reference for s in samples])
+        if self.config.target == "indifference":
+            targets = np.where(np.isfinite(wrong), wrong, np.array([s.target for s in samples]))
+        else:
+            targets = np.array([s.target for s in samples])
+        log_ratio = np.where(np.isfinite(wrong), wrong - reference, 0.0)
+        deviation = (answer - targets) ** 2 + self.config.truth_ratio_weight * log_ratio**2
+        deviation = np.where(working, deviation, 0.0)
         drop = np.maximum(0.0, clean - self.config.fluency_margin - fluency)
         drop = np.where(np.isfinite(drop), drop, 0.0)
         return deviation, self.config.fluency_weight * drop**2
@@ -173,11 +227,9 @@ class EcoObjective:
         """Minimal-intervention price of a strength (per e-fold above ``floor``)."""
         return self.config.strength_cost * np.maximum(0.0, np.asarray(log_strength) - math.log(floor))
 
-    def value(
-        self, samples: Sequence[ForgetSample], answer: np.ndarray, fluency: np.ndarray, strength: float, floor: float
-    ) -> float:
+    def value(self, samples: Sequence[ForgetSample], scores: Scores, strength: float, floor: float) -> float:
         """``J`` of one strength over samples that are all in the working set."""
-        deviation, penalty = self.terms(samples, answer, fluency, np.ones(len(samples), dtype=bool))
+        deviation, penalty = self.terms(samples, scores, np.ones(len(samples), dtype=bool))
         return float(deviation.mean() + penalty.mean() + self.cost(math.log(strength), floor))
 
 
@@ -224,13 +276,17 @@ def train_eco(
     config: EcoConfig,
     seed: int,
     report: Report,
+    surrogates: dict[str, str] | None = None,
+    mentions: Sequence[str] = (),
 ) -> EcoResult:
     """Pick function, dims and token mode, then tune per-cluster strengths with iterative refinement.
 
-    ``samples`` must carry spans for every token mode in ``config.token_modes``.
+    ``samples`` must carry spans for every token mode in ``config.token_modes``; ``surrogates`` (forget
+    entity -> known entity) make substitution a candidate; ``mentions`` (the answers' distinctive words)
+    are corrupted with the entities wherever they occur.
     """
     with torch.no_grad():
-        return _train(model, factory, samples, config, seed, report)
+        return _train(model, factory, samples, config, seed, report, surrogates or {}, mentions)
 
 
 def _train(
@@ -240,31 +296,47 @@ def _train(
     config: EcoConfig,
     seed: int,
     report: Report,
+    surrogates: dict[str, str],
+    mentions: Sequence[str],
 ) -> EcoResult:
-    objective = EcoObjective(model, factory, config)
+    objective = EcoObjective(model, factory, config, surrogates, mentions)
     modes = list(dict.fromkeys(config.token_modes))
+    objective.set_fluency_references(samples, modes[0])
+    has_entities = bool(factory.classifier.entities)
+    scope = ("sequence" if has_entities else "prompt") if config.scope == "auto" else config.scope
 
     scale = float(model.embedder.embedding_weight.float().norm(dim=-1).mean())
+    substitute = config.substitute and bool(surrogates) and has_entities
     candidates = (
-        [parse_candidate(c) for c in config.candidates] if config.candidates else default_candidates(model.hidden_size)
+        [parse_candidate(c) for c in config.candidates]
+        if config.candidates
+        else default_candidates(model.hidden_size, substitute)
     )
+    candidates = [c for c in candidates if c[0] != "substitute" or substitute]
     search = _subsample(samples, config.search_rows, seed)
     trials = [(f, d, m) for f, d in candidates for m in modes]
+    # Substitution comes last: mentions without a surrogate get the best noise found before it.
+    trials.sort(key=lambda trial: trial[0] == "substitute")
     best: tuple[float, CorruptionFunction, int, TokenMode, float] | None = None
+    best_noise: tuple[float, float] | None = None
     search_log = []
     for t_index, (function, dims, mode) in enumerate(trials):
+        fallback = best_noise[1] if function == "substitute" and best_noise is not None else 0.0
         for strength in strength_grid(function, scale, config.grid):
-            eco = EcoParameters(function=function, strength=strength, dims=dims)
+            eco = EcoParameters(function=function, strength=strength, dims=dims, scope=scope, fallback=fallback)
             floor = strength_floor(function, scale)
-            value = objective.value(search, *objective.scores(search, eco, mode), strength, floor)
-            search_log.append(
-                {"function": function, "dims": dims, "token_mode": mode, "strength": strength, "objective": value}
-            )
+            value = objective.value(search, objective.scores(search, eco, mode), strength, floor)
+            search_log.append({"function": function, "dims": dims, "token_mode": mode, "strength": strength,
+                               "fallback": fallback, "objective": value})  # fmt: skip
             if best is None or value < best[0]:
                 best = (value, function, dims, mode, strength)
+            full_rows = function == "rand_noise_top_k" and dims == model.hidden_size
+            if full_rows and (best_noise is None or value < best_noise[0]):
+                best_noise = (value, strength)
         report(0.05 + 0.45 * (t_index + 1) / len(trials), f"eco: search {function}:{dims}/{mode}")
     assert best is not None
     _, function, dims, mode, start = best
+    fallback = best_noise[1] if function == "substitute" and best_noise is not None else 0.0
 
     count = _cluster_count(len(samples), config)
     features = torch.stack(
@@ -278,9 +350,11 @@ def _train(
     working = np.ones(len(samples), dtype=bool)
     rounds_log = []
 
-    def evaluate(log_strengths: np.ndarray, subset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def evaluate(log_strengths: np.ndarray, subset: np.ndarray) -> Scores:
         strengths = torch.tensor(np.exp(np.clip(log_strengths, math.log(low), math.log(high))), dtype=torch.float32)
-        eco = EcoParameters(function=function, strength=float(strengths.median()), dims=dims)
+        eco = EcoParameters(
+            function=function, strength=float(strengths.median()), dims=dims, scope=scope, fallback=fallback
+        )
         chosen = [samples[i] for i in np.flatnonzero(subset)]
         if count > 1:
             return objective.scores(chosen, eco, mode, centroids, strengths)
@@ -297,15 +371,15 @@ def _train(
             values = {}
             for sign in (1.0, -1.0):
                 shifted = theta + sign * config.eps * active
-                answer, fluency = evaluate(shifted, subset)
-                values[sign] = _cluster_values(objective, samples, subset, working, labels, count, answer, fluency)
+                scores = evaluate(shifted, subset)
+                values[sign] = _cluster_values(objective, samples, subset, working, labels, count, scores)
                 values[sign] += objective.cost(shifted, floor)
             gradient = (values[1.0] - values[-1.0]) / (2 * config.eps)
             step = np.clip(-config.lr * gradient, -config.max_step, config.max_step)
             theta = np.clip(np.where(active, theta + step, theta), math.log(low), math.log(high))
             done += 1
             report(0.5 + 0.5 * done / total_steps, f"eco: round {round_index + 1}")
-        answer, fluency = evaluate(theta, np.ones(len(samples), dtype=bool))
+        answer, wrong, reference, _ = evaluate(theta, np.ones(len(samples), dtype=bool))
         targets = np.array([s.target for s in samples])
         working = answer > targets + config.tolerance
         rounds_log.append(
@@ -315,6 +389,8 @@ def _train(
                 "working_set": int(working.sum()),
                 "mean_answer_logprob": float(answer.mean()),
                 "mean_target": float(targets.mean()),
+                "median_log_truth_ratio": float(np.median((wrong - reference)[np.isfinite(wrong)]))
+                if np.isfinite(wrong).any() else None,
             }
         )
         done += 1
@@ -323,10 +399,16 @@ def _train(
             break
 
     strengths = torch.tensor(np.exp(theta), dtype=torch.float32)
-    eco = EcoParameters(function=function, strength=float(strengths.median()), dims=dims)
+    eco = EcoParameters(
+        function=function, strength=float(strengths.median()), dims=dims, scope=scope, fallback=fallback
+    )
     details = {
         "function": function,
         "dims": dims,
+        "scope": scope,
+        "surrogates": len(surrogates),
+        "answer_values": len(objective.mentions),
+        "fallback": fallback,
         "token_mode": mode,
         "search_start_strength": start,
         "embedding_norm": scale,
@@ -339,7 +421,7 @@ def _train(
         "clean_mean_logprob": float(np.mean([s.clean_answer for s in samples])),
         "unforgotten": int(working.sum()),
     }
-    parameters = ForgetSetParameters(token_mode=mode, eco=eco)
+    parameters = objective.parameters(eco, mode)
     if count > 1:
         return EcoResult(parameters, centroids, strengths, details)
     return EcoResult(parameters, None, None, details)
@@ -352,13 +434,12 @@ def _cluster_values(
     working: np.ndarray,
     labels: np.ndarray,
     count: int,
-    answer: np.ndarray,
-    fluency: np.ndarray,
+    scores: Scores,
 ) -> np.ndarray:
     """``J_c`` of every cluster from the scores of the samples in ``subset``."""
     indices = np.flatnonzero(subset)
     chosen = [samples[i] for i in indices]
-    deviation, penalty = objective.terms(chosen, answer, fluency, working[indices])
+    deviation, penalty = objective.terms(chosen, scores, working[indices])
     out = np.zeros(count)
     for cluster in range(count):
         members = labels[indices] == cluster

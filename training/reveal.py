@@ -255,12 +255,12 @@ class Revealer:
         plan_for: Callable[[TemplatedPrompt, list[dict]], InterventionPlan | None] | None,
         seed: int,
     ) -> list[str]:
-        embeds, params = [], []
+        prompts, plans, params = [], [], []
         for offset, question in enumerate(questions):
             messages = [{"role": "user", "content": question}]
             prompt = self.model.chat_prompt(messages)
-            plan = plan_for(prompt, messages) if plan_for is not None else None
-            embeds.append(self.model.prompt_embeddings(prompt, plan))
+            prompts.append(prompt)
+            plans.append(plan_for(prompt, messages) if plan_for is not None else None)
             params.append(
                 SamplingParams(
                     max_new_tokens=self.config.max_new_tokens,
@@ -269,7 +269,7 @@ class Revealer:
                     seed=seed + offset,
                 )
             )
-        return [r.text.strip() for r in self.model.generate_batch(embeds, params)]
+        return [r.text.strip() for r in self.model.generate_many(prompts, plans, params)]
 
     def _entity_threshold(self) -> float:
         return self.config.relevance_threshold + 0.1

@@ -159,12 +159,14 @@ class SpulLoss:
             [s.spans[mode] for s in samples],
             [s.embeds for s in samples],
             request_seed,
+            self.model.embedder,
         )
 
     def retain_plans(self, soft_prompt: torch.Tensor, items: Sequence[_RetainItem]) -> list[InterventionPlan]:
         """What a falsely flagged retain prompt gets from the soft prompt alone."""
         artifact = self.factory.build(self.parameters.model_copy(update={"eco": None}), soft_prompt)
-        return plans_for(artifact, [i.prompt for i in items], [i.spans for i in items], [i.embeds for i in items], 0)
+        prompts, spans, embeds = [i.prompt for i in items], [i.spans for i in items], [i.embeds for i in items]
+        return plans_for(artifact, prompts, spans, embeds, 0, self.model.embedder)
 
     def __call__(
         self,
@@ -312,7 +314,7 @@ def _check(
     """Score every forget sample through the served plan; the unforgotten ones form the working set."""
     artifact = factory.build(parameters, soft_prompt.detach(), centroids, strengths)
     with torch.no_grad():
-        answer, _ = score_samples(model, samples, artifact, mode, draws, config.score_batch_size)
+        answer = score_samples(model, samples, artifact, mode, draws, config.score_batch_size).answer
     working = answer > goal + config.tolerance
     log.append({"step": step, "working_set": int(working.sum()), "mean_answer_logprob": float(answer.mean())})
     return working

@@ -73,9 +73,9 @@ def reveal_config(config: TopicConfig, seed: int) -> RevealConfig:
 
 def greedy_answers(model: LanguageModel, questions: Sequence[str], max_new_tokens: int) -> list[str]:
     """The base model's greedy answers to chat questions."""
-    embeds = [model.prompt_embeddings(model.chat_prompt([{"role": "user", "content": q}])) for q in questions]
+    prompts = [model.chat_prompt([{"role": "user", "content": q}]) for q in questions]
     params = [SamplingParams(max_new_tokens=max_new_tokens) for _ in questions]
-    return [r.text.strip() for r in model.generate_batch(embeds, params)]
+    return [r.text.strip() for r in model.generate_many(prompts, [None] * len(prompts), params, batch_size=16)]
 
 
 def retain_rows(model: LanguageModel, count: int, seed: int, max_new_tokens: int, exclude: set[str]) -> list[ForgetRow]:
@@ -142,6 +142,19 @@ def scope_hints(
         negatives=[*_sentences(keep_answers), *frames(keep, 6, seed + 5)],
         negative_entities=[*keep, *keep_names],
     )
+
+
+def entity_detector(entities: Sequence[str]) -> Callable[[str], bool]:
+    """Whether a text names one of the topic's entities: a multi-word name, or a single name of five letters
+    or more that is not an ordinary word (case-insensitive, whole words)."""
+    from lethe.classifier.pool import common_words
+
+    common = common_words()
+    names = [e for e in dict.fromkeys(entities) if len(e.split()) > 1 or (len(e) >= 5 and e.lower() not in common)]
+    if not names:
+        return lambda _text: False
+    pattern = re.compile(r"\b(?:" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + r")\b", re.I)
+    return lambda text: pattern.search(text) is not None
 
 
 def _rows_from(pairs: Sequence[tuple[str, str]], known: set[str]) -> list[ForgetRow]:
@@ -216,6 +229,7 @@ def train_topic_forget_set(
     on_topic = topic_vector(shared_text_embedder(), topic, seed_prompts)
     forget += _rows_from(entity_rows(model, topic, [*request.entities, *first.entities], on_topic, config, seed), known)
     hints = scope_hints(model, request, first.entities, [p.prompt for p in revealed], seed, config.max_new_tokens)
+    names_entity = entity_detector([*request.entities, *first.entities])
     tracker.update("coverage", 1.0, "coverage")
     if len(forget) < 4:
         raise TrainingDataError(
@@ -234,9 +248,11 @@ def train_topic_forget_set(
             progress=lambda f, s=f"check{index}": tracker.update(s, f, "re-reveal through the forget set"),
             cancel=cancel,
         )
-        rounds.append(_round_summary(check, config.relevance_threshold, through_forget_set=True))
-        leaks = check.relevant(config.relevance_threshold)
-        if check.reveal_rate(config.relevance_threshold) <= config.target_leak_rate or index + 1 == config.rounds:
+        leaks = [p for p in check.pairs if p.relevance >= config.relevance_threshold or names_entity(p.completion)]
+        leak_rate = round(len(leaks) / max(1, len(check.pairs)), 4)
+        summary = _round_summary(check, config.relevance_threshold, through_forget_set=True)
+        rounds.append(summary | {"leaks": len(leaks), "leak_rate": leak_rate})
+        if len(leaks) <= config.target_leak_rate * len(check.pairs) or index + 1 == config.rounds:
             break
         leaked_prompts = [p.prompt for p in leaks if p.prompt not in known]
         leaked_answers = greedy_answers(model, leaked_prompts, config.max_new_tokens)

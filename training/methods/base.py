@@ -35,6 +35,8 @@ class StageInputs:
     forget: Sequence[ForgetRow]
     retain: Sequence[ForgetRow]
     seed: int
+    known_entities: Sequence[str] = ()
+    """Entities the model must keep knowing (retain people, adjacent topics): candidates for substitution."""
 
 
 class Stage(ABC):

@@ -54,7 +54,7 @@ def through_screen(model: LanguageModel, screen: ForgetSetScreen, request_seed: 
     """The serve path: classify each prompt against the screen's forget sets and apply their plans."""
 
     def plan(prompt: TemplatedPrompt, messages: Messages) -> InterventionPlan | None:
-        verdict = screen.screen(prompt, messages, request_seed, model.embed)
+        verdict = screen.screen(prompt, messages, request_seed, model.embedder)
         return verdict.plan if verdict.flagged else None
 
     return EvalTarget(model, plan)
@@ -128,14 +128,8 @@ def generate_answers(
     target: EvalTarget, questions: Sequence[str], max_new_tokens: int = 48, batch_size: int = 16
 ) -> list[str]:
     """Greedy answers to each question under the target's interventions."""
-    model = target.model
-    params = SamplingParams(max_new_tokens=max_new_tokens)
-    embeds = []
-    for question in questions:
-        prompt, messages = target.render(question)
-        embeds.append(model.prompt_embeddings(prompt, target.plan_for(prompt, messages)))
-    texts: list[str] = []
-    for start in range(0, len(embeds), batch_size):
-        chunk = embeds[start : start + batch_size]
-        texts.extend(r.text for r in model.generate_batch(chunk, [params] * len(chunk)))
-    return texts
+    rendered = [target.render(question) for question in questions]
+    plans = [target.plan_for(prompt, messages) for prompt, messages in rendered]
+    params = [SamplingParams(max_new_tokens=max_new_tokens)] * len(questions)
+    results = target.model.generate_many([p for p, _ in rendered], plans, params, batch_size)
+    return [r.text for r in results]
