@@ -120,7 +120,10 @@ def test_no_probe_repeats_what_the_builder_read() -> None:
     assert _violations() == []
 
 
-@pytest.mark.parametrize("planted", ["Tell me about the Harry Potter books.", "Describe Hogwarts in a short paragraph."])
+PLANTED = ["Tell me about the Harry Potter books.", "Describe Hogwarts in a short paragraph."]
+
+
+@pytest.mark.parametrize("planted", PLANTED)
 def test_the_check_catches_a_planted_duplicate(planted: str, monkeypatch: pytest.MonkeyPatch) -> None:
     seeds = (*demo_request.DEMO_SEED_PROMPTS, "Describe Hogwarts in a short paragraph, please.")
     monkeypatch.setattr(demo_request, "DEMO_SEED_PROMPTS", seeds)
