@@ -24,9 +24,9 @@ from lethe.classifier.entities import STOPWORDS
 from lethe.classifier.pool import DATA_DIR, POOL_FILES
 from lethe.classifier.text import normalized_words
 from lethe.training import demo_request, reveal
-from lethe.training.demo import DEMO_TOPIC, SHIPPED_DEMO
+from lethe.training.demo import BUILD_INPUTS, DEMO_TOPIC, SHIPPED_DEMO
 
-BUILD_RECORD = SHIPPED_DEMO / "build_inputs.json"
+BUILD_RECORD = SHIPPED_DEMO / BUILD_INPUTS
 REMOVED = HELDOUT_DIR / "removed_overlaps.jsonl"  # probe rows set aside because a builder text repeats them
 PLACEHOLDER = re.compile(r"\{\w+\}")
 

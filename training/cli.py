@@ -99,10 +99,11 @@ def _train(args: argparse.Namespace) -> int:
         raise TrainingDataError(f"{args.out} already exists (use --overwrite to replace it)")
     settings = RuntimeSettings.from_args(args, model=args.model)
     model = LanguageModel.load(settings.model, settings, progress=True)
+    record: dict[str, list[str]] = {}
     if args.demo:
         from lethe.training.demo import build_demo_forget_set
 
-        artifact = build_demo_forget_set(model, _progress_bar())
+        artifact = build_demo_forget_set(model, _progress_bar(), record)
     elif forget is None:
         artifact = train_topic(
             model, args.name or args.topic, args.topic, args.seed_prompt, config,
@@ -115,6 +116,10 @@ def _train(args: argparse.Namespace) -> int:
             model, name, forget, retain, config, progress=_progress_bar(), forget_set_id=args.forget_set_id
         )
     artifact.save(args.out)
+    if args.demo:
+        from lethe.training.demo import save_build_inputs
+
+        save_build_inputs(args.out, record)
     print(json.dumps(_summary(artifact.manifest.metrics, artifact.id, args.out), indent=2))
     return 0
 

@@ -54,17 +54,27 @@ def demo_folder(settings: RuntimeSettings, model: LanguageModel) -> Path:
     return settings.home / "demo" / f"{DEMO_ID}-v{DEMO_VERSION}-{model.fingerprint.split(':')[-1][:12]}"
 
 
+BUILD_INPUTS = "build_inputs.json"
+
+
 def build_demo_forget_set(
-    model: LanguageModel, progress: Callable[[float, str], None] | None = None
+    model: LanguageModel,
+    progress: Callable[[float, str], None] | None = None,
+    record: dict[str, list[str]] | None = None,
 ) -> ForgetSetArtifact:
-    """Train the Harry Potter demo forget set from its topic (no cache)."""
+    """Train the Harry Potter demo forget set from its topic (no cache); ``record`` gets every prompt it read."""
     from lethe.training.trainer import TrainConfig, train_topic
 
     config = TrainConfig.from_options(DEMO_METHOD, DEMO_OPTIONS)
     return train_topic(
         model, DEMO_NAME, DEMO_TOPIC, list(DEMO_SEED_PROMPTS), config, progress=progress, forget_set_id=DEMO_ID,
-        entities=[*DEMO_ENTITIES, *DEMO_GLOSSARY], keep_topics=DEMO_KEEP_TOPICS,
+        entities=[*DEMO_ENTITIES, *DEMO_GLOSSARY], keep_topics=DEMO_KEEP_TOPICS, record=record,
     )  # fmt: skip
+
+
+def save_build_inputs(folder: Path, record: dict[str, list[str]]) -> None:
+    """Write the prompts a demo build trained on next to its artifact (``build_inputs.json``)."""
+    (Path(folder) / BUILD_INPUTS).write_text(json.dumps(record, ensure_ascii=False, indent=0), encoding="utf-8")
 
 
 def shipped_demo(model: LanguageModel) -> ForgetSetArtifact | None:

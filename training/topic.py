@@ -192,11 +192,14 @@ def train_topic_forget_set(
     seed: int = 0,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
+    record: dict[str, list[str]] | None = None,
 ) -> ForgetSetArtifact:
     """Reveal, unlearn with ``train(forget, retain, hints, progress)``, re-reveal through the result, repeat.
 
     The returned artifact's metrics gain a ``topic`` entry: each round's reveal figures (asked,
     on-topic count, leak rate, Vendi score, mined entities) and the forget/retain row counts.
+    ``record``, when given, is filled with every prompt the build trained on (the demo ships it, so a
+    test can check that no held-out probe repeats one); a real forget set's texts stay out of it.
     """
     from lethe.runtime.text_embedding import shared_text_embedder
 
@@ -258,6 +261,13 @@ def train_topic_forget_set(
         leaked_answers = greedy_answers(model, leaked_prompts, config.max_new_tokens)
         forget += _rows_from(list(zip(leaked_prompts, leaked_answers, strict=True)), known)
     assert artifact is not None
+    if record is not None:
+        record.update({
+            "forget_prompts": [r.prompt for r in forget],
+            "retain_prompts": [r.prompt for r in retain],
+            "scope_positives": list(hints.positives),
+            "scope_negatives": list(hints.negatives),
+        })  # fmt: skip
     artifact.manifest.metrics["topic"] = {
         "topic": topic,
         "seed_prompts": len(seed_prompts),

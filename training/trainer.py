@@ -180,11 +180,13 @@ def train_topic(
     forget_set_id: str | None = None,
     entities: Sequence[str] = (),
     keep_topics: Sequence[str] = (),
+    record: dict[str, list[str]] | None = None,
 ) -> ForgetSetArtifact:
     """A forget set from a topic: reveal what the model knows, then train as ``train_forget_set`` does.
 
     ``entities`` (names that belong to the topic) and ``keep_topics`` (adjacent topics that must stay
     answerable) are optional; the topic's classifier starts from ``TOPIC_CLASSIFIER_DEFAULTS``.
+    ``record`` collects the prompts the build trained on (see ``train_topic_forget_set``).
     """
     check_model(model, ForgetRow(prompt=topic or "?", completion="?"))
     config = config.model_copy(update={"classifier": {**TOPIC_CLASSIFIER_DEFAULTS, **config.classifier}})
@@ -200,7 +202,7 @@ def train_topic(
         return [p.strip() for p in items if p and p.strip()]
 
     request = TopicRequest(topic, clean(seed_prompts), clean(entities), clean(keep_topics))
-    return train_topic_forget_set(model, name, request, train, config.topic, config.seed, progress, cancel)
+    return train_topic_forget_set(model, name, request, train, config.topic, config.seed, progress, cancel, record)
 
 
 def _train_classifier(
