@@ -7,6 +7,8 @@ behind Lethe's screen, a weight-edited copy, a refusal guardrail or a system pro
 - ``lethe_eco`` / ``lethe_spul_zo`` / ``lethe_spul_backprop`` / ``lethe_eco_spul``: ``train_forget_set``
   artifacts (``LETHE_METHODS``: a registered training method and its options) served through
   ``ForgetSetScreen`` (``training.metrics.through_screen``), the gateway's path;
+- ``erasure_reference``: the forget entities' token embeddings zeroed everywhere in every sequence,
+  prompt and answer (no classifier): what deleting the names alone buys, the reference ECO must pass;
 - ``guardrail``: the same scope classifier (trained the same way, same seed); flagged prompts get a
   canned refusal, the others the bare model;
 - ``prompting``: a system message telling the model what to forget, on every request;
@@ -132,6 +134,23 @@ def lethe_system(name: str, context: BuildContext) -> System:
     return System(name, target, flags=_flagger(screen), train_s=train_s, forward_passes=passes)
 
 
+def erasure_system(name: str, context: BuildContext) -> System:
+    """The entity-erasure reference: every mention of a forget entity zeroed, in prompts and answers alike."""
+    from lethe.runtime.interventions import Corruption, EntityStep, InterventionPlan
+    from lethe.runtime.mentions import MentionIndex
+    from lethe.training.mention_targets import named_entities
+
+    model = context.model
+    names = named_entities([r.prompt for r in context.forget], [r.prompt for r in context.retain])
+    index = MentionIndex.from_surfaces(model.embedder.encode, names)
+    step = EntityStep(Corruption("zero_out_top_k", 1.0, model.hidden_size), index, context.seed,
+                      model.embedder.embedding_weight)  # fmt: skip
+    plan = InterventionPlan(entities=(step,))
+    system = System(name, EvalTarget(model, lambda prompt, messages: plan), train_s=0.0, forward_passes=0)
+    system.notes.append(f"{len(names)} entity names erased")
+    return system
+
+
 def guardrail_system(name: str, context: BuildContext) -> System:
     """The refusal guardrail: Lethe's scope classifier, trained alone, answering flagged prompts with a refusal."""
     from lethe.classifier import classify_messages, train_scope_classifier
@@ -167,6 +186,7 @@ SystemBuilder = Callable[[str, BuildContext], System]
 SYSTEMS: dict[str, SystemBuilder] = {
     "base": base_system,
     **dict.fromkeys(LETHE_METHODS, lethe_system),
+    "erasure_reference": erasure_system,
     "guardrail": guardrail_system,
     "prompting": prompting_system,
     **dict.fromkeys(BASELINES, baseline_system),

@@ -60,16 +60,16 @@ def choose_surrogates(
     return chosen
 
 
-def retain_entities(retain_prompts: Sequence[str], forget_prompts: Sequence[str]) -> list[str]:
-    """Names the retain prompts mention that the forget prompts do not (the people a rows forget set keeps)."""
+def named_entities(prompts: Sequence[str], others: Sequence[str]) -> list[str]:
+    """Names the ``prompts`` mention that ``others`` and general text do not (a retain set's people, say)."""
     from lethe.classifier.entities import mine_entities
     from lethe.classifier.pool import common_words, load_pool
     from lethe.classifier.text import cached_words
 
-    if not retain_prompts:
+    if not prompts:
         return []
-    sources = [[cached_words(t) for t in forget_prompts], [cached_words(t) for t in load_pool().train]]
-    return [e.surface for e in mine_entities(list(retain_prompts), sources, common_words())]
+    sources = [[cached_words(t) for t in others], [cached_words(t) for t in load_pool().train]]
+    return [e.surface for e in mine_entities(list(prompts), sources, common_words())]
 
 
 _WORD = re.compile(r"[^\W_]+")

@@ -35,7 +35,7 @@ from lethe.runtime.screening import ForgetSetScreen
 from lethe.training.candidates import ArtifactParts, CandidateFactory
 from lethe.training.config import TrainConfig
 from lethe.training.data import ForgetRow, TrainingDataError, TrainingError, parse_rows
-from lethe.training.mention_targets import retain_entities
+from lethe.training.mention_targets import named_entities
 from lethe.training.methods import StageInputs, get_method, method_holding
 from lethe.training.metrics import EvalTarget, RowScores, render_question, score_rows, split_summary, through_screen
 from lethe.training.progress import ProgressTracker, TrainingCancelled
@@ -140,7 +140,7 @@ def train_forget_set(
         tracker.update("before", 1.0, "before")
 
     parts = ArtifactParts(ForgetSetParameters(token_mode=classifier.config.token_mode))
-    known = [*retain_entities([r.prompt for r in retain_rows], [r.prompt for r in forget_rows]),
+    known = [*named_entities([r.prompt for r in retain_rows], [r.prompt for r in forget_rows]),
              *(hints.negative_entities if hints is not None else ())]  # fmt: skip
     inputs = StageInputs(model, factory, samples, forget_rows, retain_rows, config.seed, known)
     for stage in method.stages:
