@@ -141,7 +141,7 @@ def _direct(
     started = time.perf_counter()
     messages = [{"role": "user", "content": question}]
     prompt = model.chat_prompt(messages)
-    verdict = screen.screen(prompt, messages, request_seed=0, embed=model.embed)
+    verdict = screen.screen(prompt, messages, request_seed=0, embedder=model.embedder)
     result = model.generate(prompt, params, verdict.plan if verdict.flagged else None)
     return result.text, len(result.token_ids), time.perf_counter() - started
 

@@ -26,7 +26,7 @@ from lethe.runtime.generation import SamplingParams, StepEvent
 from lethe.runtime.interventions import InterventionPlan
 from lethe.runtime.model import LanguageModel, PromptLogprobs
 from lethe.runtime.prompt import TemplatedPrompt
-from lethe.service.batcher import MicroBatcher, Overloaded
+from lethe.service.batcher import GenerationHandle, MicroBatcher, Overloaded
 from lethe.service.generation_defaults import GenerationDefaults
 from lethe.service.protocol import ModelCard
 from lethe.service.response_shapes import LETHE_SHAPES, ResponseShapes
@@ -216,20 +216,22 @@ class LocalBackend:
         """Uploaded embeddings are fed to the model as they are: they are rows already."""
         return embeds
 
-    def _embeddings(self, request: BackendRequest) -> torch.Tensor:
+    def _submit(self, request: BackendRequest, sink: Callable[[StepEvent | BaseException], None]) -> GenerationHandle:
+        """Embed the prompt with its plan applied and queue it, with the guide that keeps the plan on while it
+        generates."""
         source = request.embeds if request.embeds is not None else request.prompt
-        return self.model.prompt_embeddings(source, request.plan)
+        embeds = self.model.prompt_embeddings(source, request.plan)
+        return self.batcher.submit(embeds, request.params, sink, self.model.guide(source, request.plan))
 
     async def stream(self, request: BackendRequest) -> AsyncIterator[Delta]:
         """Submit to the batcher and relay its events from the worker thread to this event loop."""
-        embeds = self._embeddings(request)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[StepEvent | BaseException] = asyncio.Queue()
 
         def sink(item: StepEvent | BaseException) -> None:
             loop.call_soon_threadsafe(events.put_nowait, item)
 
-        handle = self.batcher.submit(embeds, request.params, sink)
+        handle = self._submit(request, sink)
         produced = 0
         try:
             while True:
@@ -246,7 +248,6 @@ class LocalBackend:
 
     async def generate(self, request: BackendRequest) -> Completion:
         """One whole completion; text is gathered on the worker thread, the event loop wakes once."""
-        embeds = self._embeddings(request)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Completion] = loop.create_future()
         parts: list[str] = []
@@ -270,7 +271,7 @@ class LocalBackend:
             if item.finished:
                 loop.call_soon_threadsafe(settle, Completion("".join(parts), item.finish_reason or "stop", produced))
 
-        handle = self.batcher.submit(embeds, request.params, sink)
+        handle = self._submit(request, sink)
         try:
             return await done
         finally:

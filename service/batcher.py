@@ -19,8 +19,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -28,7 +29,9 @@ from lethe.runtime.generation import SamplingParams, StepEvent
 
 logger = logging.getLogger("lethe.batcher")
 
-DecodeSteps = Callable[[Sequence[torch.Tensor], Sequence[SamplingParams]], Iterator[list[StepEvent]]]
+# ``decode_steps(embeds, params)``, or ``(embeds, params, guides)`` when a row's plan must keep acting while it
+# generates (``LanguageModel.guide``: entity mentions in generated tokens, surrogate names written back).
+DecodeSteps = Callable[..., Iterator[list[StepEvent]]]
 Sink = Callable[[StepEvent | BaseException], None]
 
 
@@ -41,6 +44,7 @@ class _Request:
     embeds: torch.Tensor
     params: SamplingParams
     sink: Sink
+    guide: object | None = None
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     done: bool = False
@@ -129,9 +133,12 @@ class MicroBatcher:
             if worker.is_alive():
                 worker.join(timeout)
 
-    def submit(self, embeds: torch.Tensor, params: SamplingParams, sink: Sink) -> GenerationHandle:
-        """Queue one prompt's embeddings; events (or an exception) go to ``sink`` from a worker thread."""
-        request = _Request(embeds, params, sink)
+    def submit(
+        self, embeds: torch.Tensor, params: SamplingParams, sink: Sink, guide: object | None = None
+    ) -> GenerationHandle:
+        """Queue one prompt's embeddings (and its generation guide, if any); events (or an exception) go to
+        ``sink`` from a worker thread."""
+        request = _Request(embeds, params, sink, guide)
         with self._state:
             if self._stopping or not self._started:
                 raise Overloaded("the generation workers are not running")
@@ -185,7 +192,10 @@ class MicroBatcher:
         self.on_batch(len(batch))
         steps = None
         try:
-            steps = self._decode_steps([r.embeds for r in batch], [r.params for r in batch])
+            inputs: list[list[Any]] = [[r.embeds for r in batch], [r.params for r in batch]]
+            if any(r.guide is not None for r in batch):
+                inputs.append([r.guide for r in batch])
+            steps = self._decode_steps(*inputs)
             for events in steps:
                 for event in events:
                     request = batch[event.row]

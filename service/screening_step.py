@@ -34,7 +34,6 @@ from starlette.requests import Request
 from lethe.runtime.embedder import PromptEmbedder
 from lethe.runtime.generation import SamplingParams
 from lethe.runtime.interventions import InterventionPlan
-from lethe.runtime.plans import compose_plans, plan_for_flag
 from lethe.runtime.prompt import TemplatedPrompt
 from lethe.runtime.screening import ForgetSetScreen, Verdict
 from lethe.service.audit import sha256_tensor, sha256_text
@@ -262,16 +261,8 @@ class ScreeningStep:
             )
 
     def _decide(self, item: ScreenedPrompt, seed: int) -> Verdict:
-        """The composed plan of every forget set that flagged the rendered prompt."""
-        sets = self.screen.active
-        flags = [flag for flag in item.flags if flag.forget_set_id in sets]
-        if not flags:
-            return Verdict()
-        prompt = item.rendered
-        needs_embeds = any(sets[flag.forget_set_id].cluster_centroids is not None for flag in flags)
-        embeds = self.embedder.embed(prompt.ids) if needs_embeds else None
-        plans = [plan_for_flag(sets[flag.forget_set_id], prompt, flag.spans, seed, embeds) for flag in flags]
-        return Verdict(flags, compose_plans(plans))
+        """The composed plan of every forget set that flagged the rendered prompt (classified already)."""
+        return self.screen.decide(item.flags, item.rendered, seed, self.embedder)
 
     # The operator's view ---------------------------------------------------------------------------
 

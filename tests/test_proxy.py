@@ -194,7 +194,7 @@ def _local(
     screen = ForgetSetScreen(artifacts)
     messages = [{"role": "user", "content": question}]
     prompt = tiny.chat_prompt(messages)
-    verdict = screen.screen(prompt, messages, request_seed=params.seed or 0, embed=tiny.embed)
+    verdict = screen.screen(prompt, messages, request_seed=params.seed or 0, embedder=tiny.embedder)
     return tiny.generate(prompt, params, verdict.plan if verdict.flagged else None).text, verdict.flagged
 
 
@@ -245,7 +245,7 @@ def test_streams_equal_local_mode_and_completions_work(
         # Legacy completions: flagged text prompt served by embedding, like local mode.
         prompt = tiny.text_prompt(forget[1])
         screen = ForgetSetScreen(artifacts)
-        verdict = screen.screen(prompt, None, request_seed=0, embed=tiny.embed)
+        verdict = screen.screen(prompt, None, request_seed=0, embedder=tiny.embedder)
         assert verdict.flagged
         expected = tiny.generate(prompt, SamplingParams(max_new_tokens=12), verdict.plan).text
         response = client.post(
@@ -557,7 +557,7 @@ def test_policies_without_prompt_embeds(
         # text: the selected tokens replaced by seeded random tokens, their ids forwarded (no re-tokenizing).
         messages = [{"role": "user", "content": forget[0]}]
         prompt = tiny.chat_prompt(messages)
-        plan = ForgetSetScreen(artifacts).screen(prompt, messages, request_seed=0, embed=tiny.embed).plan
+        plan = ForgetSetScreen(artifacts).screen(prompt, messages, request_seed=0, embedder=tiny.embedder).plan
         vocabulary = replacement_vocabulary(tiny.embedder)
         ids = corrupt_token_ids(prompt, plan, vocabulary, None)
         assert ids == corrupt_token_ids(prompt, plan, vocabulary, None)
