@@ -19,7 +19,7 @@ from lethe.runtime.settings import RuntimeSettings
 from lethe.training.data import ForgetRow
 from lethe.training.metrics import keyword_rate
 
-METHODS = ["base", "retain_reference", "lethe_eco", "guardrail", "prompting", "ga"]
+METHODS = ["base", "retain_reference", "lethe_eco", "erasure_reference", "guardrail", "prompting", "ga"]
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,18 @@ def test_results_sanity(quick_results: tuple[dict[str, Any], Path]) -> None:
     assert methods["lethe_eco"]["forward_passes"] > 0 and methods["lethe_eco"]["train_s"] > 0
     assert 0.5 < methods["base"]["overhead_ratio"] < 2.0
     assert methods["lethe_eco"]["forget_rouge"] < base["forget_rouge"]
+
+
+def test_eco_matches_the_never_trained_model_at_the_base_models_utility(
+    quick_results: tuple[dict[str, Any], Path],
+) -> None:
+    methods = quick_results[0]["scenarios"]["authors"]["methods"]
+    eco, erasure, base = methods["lethe_eco"], methods["erasure_reference"], methods["base"]
+    # truth ratios indistinguishable from the never-trained model's (KS p >= 0.2), far past erasing the names
+    assert eco["forget_quality"] >= 0.2
+    assert eco["forget_quality"] > 100 * erasure["forget_quality"]
+    # retain and general questions are not flagged, so they are answered exactly as by the base model
+    assert eco["model_utility"] == pytest.approx(base["model_utility"], abs=1e-9)
 
 
 def test_report_states_comparison(quick_results: tuple[dict[str, Any], Path]) -> None:
