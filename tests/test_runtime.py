@@ -281,3 +281,12 @@ def test_generated_mentions_are_corrupted_before_they_are_fed_back(tiny_full: La
     generated_mentions = plan.entities[0].index.find([*prompt.ids, *unguided.token_ids])
     if any(start >= len(prompt.ids) for start, _, _ in generated_mentions):
         assert guided.token_ids != unguided.token_ids
+
+
+def test_smollm2_folder_carries_the_model_cards_sampling(settings) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from lethe.runtime.loading import SMOLLM2_SAMPLING, prepare_model
+
+    config = json.loads((prepare_model("smollm2", settings) / "generation_config.json").read_text())
+    assert {k: config[k] for k in SMOLLM2_SAMPLING} == {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
