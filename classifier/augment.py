@@ -150,6 +150,20 @@ def variants(text: str, count: int, seed: int) -> list[str]:
     return [variant(text, rng) for _ in range(count)]
 
 
+def changed_words(text: str, vocabulary: Sequence[str], count: int, seed: int) -> list[str]:
+    """``count`` light paraphrases of ``text``: one or two content words replaced by words of ``vocabulary``,
+    then a surface variant (the near-duplicates an example-level forget set must still recognize)."""
+    rng = _rng(seed, "changed:" + text)
+    out = []
+    for _ in range(count if vocabulary else 0):
+        words = text.split(" ")
+        content = [i for i, w in enumerate(words) if len(w) >= 3 and w.isalpha() and w.lower() not in STOPWORDS]
+        for i in rng.sample(content, min(len(content), rng.choice((1, 2)))):
+            words[i] = rng.choice(vocabulary)
+        out.append(variant(" ".join(words), rng))
+    return out
+
+
 def frames(surfaces: Sequence[str], per_entity: int, seed: int) -> list[str]:
     """Each entity in ``per_entity`` generic question frames, most in English and one in each other language."""
     english = FRAMES["en"]

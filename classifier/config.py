@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 
 class ClassifierTrainingError(ValueError):
@@ -17,7 +17,15 @@ class ClassifierLoadError(ValueError):
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """Hyper-parameters of a scope classifier (all have working defaults)."""
+    """Hyper-parameters of a scope classifier (all have working defaults).
+
+    ``scope``: ``topic`` (the default) learns what the forget prompts are about and holds some of them out
+    to calibrate; ``examples`` learns the forget prompts themselves (an example-level forget set, such as
+    training examples of a classifier): every forget prompt and light perturbations of it (typos, casing,
+    one or two changed words) are positives, the retain prompts (the other examples of the same task) and
+    their perturbations are contrastive negatives of equal weight, no entity frames are built, and the
+    threshold is calibrated on held-out perturbations of the forget prompts.
+    """
 
     alpha: float = 0.01
     fpr_target: float = 0.01
@@ -42,9 +50,11 @@ class ClassifierConfig:
     salient_relative: float = 0.5
     semantic_weight: float = 2.0
     hard_negative_share: float = 0.5
+    scope: Literal["topic", "examples"] = "topic"
 
     def __post_init__(self) -> None:
         checks = {
+            "scope must be 'topic' or 'examples'": self.scope in ("topic", "examples"),
             "alpha must be in (0, 1)": 0.0 < self.alpha < 1.0,
             "fpr_target must be in (0, 1)": 0.0 < self.fpr_target < 1.0,
             "token_mode must be 'all' or 'salient'": self.token_mode in ("all", "salient"),
@@ -76,8 +86,16 @@ class ClassifierConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClassifierConfig:
         """Inverse of ``to_dict``; unknown keys are ignored so older artifacts stay loadable."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return known_fields(cls, data)
+
+
+T = TypeVar("T")
+
+
+def known_fields(cls: type[T], data: dict[str, Any]) -> T:
+    """An instance of the dataclass ``cls`` from ``data``, keys it does not know left out."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass(frozen=True)

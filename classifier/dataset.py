@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from lethe.classifier.augment import (
+    changed_words,
     frames,
     in_context,
     near_misses,
@@ -20,7 +21,7 @@ from lethe.classifier.augment import (
     variants,
 )
 from lethe.classifier.config import ClassifierConfig, ClassifierTrainingError, ScopeHints
-from lethe.classifier.entities import Entity, capitalized_runs, contains_any, mine_entities
+from lethe.classifier.entities import STOPWORDS, Entity, capitalized_runs, contains_any, mine_entities
 from lethe.classifier.pool import common_words, load_pool
 from lethe.classifier.text import cached_words
 
@@ -82,8 +83,19 @@ class Splits:
 
 
 def split_inputs(forget: list[str], retain: list[str], config: ClassifierConfig) -> Splits:
-    """Seeded shuffles cut into parts; raises when the forget prompts cannot fill every part."""
+    """Seeded shuffles cut into parts; raises when the forget prompts cannot fill every part.
+
+    Under the ``examples`` scope every forget prompt is a training positive and also stands, in
+    calibration and validation, for its held-out perturbations (``calibration_groups``).
+    """
     n = len(forget)
+    pos = _shuffled(forget, config.seed, "forget")
+    ret = _shuffled(retain, config.seed, "retain")
+    n_held = round(config.retain_heldout_fraction * len(ret))
+    n_rval = n_held // 2
+    retain_parts = {"ret_val": ret[:n_rval], "ret_test": ret[n_rval:n_held], "ret_train": ret[n_held:]}
+    if config.scope == "examples":
+        return Splits(pos_cal=pos, pos_val=pos, pos_train=pos, **retain_parts)
     if n < config.min_positives:
         raise ClassifierTrainingError(
             f"too few distinct forget prompts: {n} < min_positives={config.min_positives}")
@@ -92,14 +104,8 @@ def split_inputs(forget: list[str], retain: list[str], config: ClassifierConfig)
     if n - n_cal - n_val < 3:
         raise ClassifierTrainingError(
             f"too few forget prompts ({n}) for {n_cal} calibration + {n_val} validation + >= 3 training prompts")
-    pos = _shuffled(forget, config.seed, "forget")
-    ret = _shuffled(retain, config.seed, "retain")
-    n_held = round(config.retain_heldout_fraction * len(ret))
-    n_rval = n_held // 2
-    return Splits(
-        pos_cal=pos[:n_cal], pos_val=pos[n_cal : n_cal + n_val], pos_train=pos[n_cal + n_val :],
-        ret_val=ret[:n_rval], ret_test=ret[n_rval:n_held], ret_train=ret[n_held:],
-    )
+    return Splits(pos_cal=pos[:n_cal], pos_val=pos[n_cal : n_cal + n_val], pos_train=pos[n_cal + n_val :],
+                  **retain_parts)
 
 
 def _pool_entities(pool_texts: Sequence[str], exclude: set[str], limit: int, seed: int) -> list[str]:
@@ -109,13 +115,25 @@ def _pool_entities(pool_texts: Sequence[str], exclude: set[str], limit: int, see
     return sorted(_shuffled(sorted(found), seed, "pool-entities")[:limit])
 
 
-def calibration_groups(prompts: list[str], surfaces: list[str], count: int, seed: int) -> list[list[str]]:
-    """Each prompt with its surface variants and its surname-only form: one calibration or validation unit."""
+def calibration_groups(
+    prompts: list[str], surfaces: list[str], count: int, seed: int, vocabulary: Sequence[str] = ()
+) -> list[list[str]]:
+    """Each prompt with its surface variants and its surname-only form: one calibration or validation unit.
+
+    With a ``vocabulary`` (the ``examples`` scope), also ``count`` copies with one or two words changed
+    to words of it.
+    """
     out = []
     for p in prompts:
         short = shorten_entities(p, surfaces)
-        out.append([p, *variants(p, count, seed + 7919), *([short] if short else [])])
+        changed = changed_words(p, vocabulary, count, seed + 7919)
+        out.append([p, *variants(p, count, seed + 7919), *([short] if short else []), *changed])
     return out
+
+
+def replacement_words(texts: Sequence[str]) -> list[str]:
+    """Content words of ``texts`` (four letters or more, no function words), sorted: fillers for changed words."""
+    return sorted({w for t in texts for w in t.split() if len(w) >= 4 and w.isalpha() and w.lower() not in STOPWORDS})
 
 
 @dataclass
@@ -156,18 +174,25 @@ def _merged(*groups: Sequence[Entity]) -> list[Entity]:
 
 
 def prepare(forget: list[str], retain: list[str], config: ClassifierConfig, hints: ScopeHints) -> TrainingData:
-    """Split the inputs, mine entities, and drop pool sentences that mention a forget entity."""
+    """Split the inputs, mine entities, and drop pool sentences that mention a forget entity.
+
+    Under the ``examples`` scope no entity is mined (only given ones are kept): the examples themselves
+    are the evidence, not the names in them.
+    """
     s = split_inputs(forget, retain, config)
     pool = load_pool()
     pool_words = [cached_words(t) for t in pool.train]
     common = common_words()
     named = given_entities([*hints.entities, *short_forms(hints.entities, common)], common)
+    mine = config.scope == "topic"
     train_entities = _merged(
-        named, mine_entities(s.pos_train, [[cached_words(t) for t in s.ret_train], pool_words], common)
+        named, mine_entities(s.pos_train, [[cached_words(t) for t in s.ret_train], pool_words], common) if mine else []
     )
-    all_entities = _merged(named, mine_entities(forget, [[cached_words(t) for t in retain], pool_words], common))
+    all_entities = _merged(
+        named, mine_entities(forget, [[cached_words(t) for t in retain], pool_words], common) if mine else []
+    )
     retain_entities = (mine_entities(s.ret_train, [[cached_words(t) for t in s.pos_train], pool_words], common)
-                       if s.ret_train else [])
+                       if s.ret_train and mine else [])
     phrases = [e.words for e in all_entities]
 
     def keep(texts: Sequence[str]) -> list[str]:
@@ -202,7 +227,8 @@ def training_set(d: TrainingData, config: ClassifierConfig) -> TrainingSet:
     The positives get half the total weight, the negatives the other half: the contrastive and general
     parts equally, the hard negatives (adjacent topics) ``hard_negative_share`` of the contrastive part.
     So words that the forget and retain prompts share (question templates) stay neutral however large
-    the general pool is.
+    the general pool is. Under the ``examples`` scope both sides also get changed-word copies, and the
+    contrastive part (the other examples of the task) weighs as much as the positives.
     """
     s, k, seed = d.splits, config.variants_per_prompt, config.seed
     forget_surfaces = [e.surface for e in d.train_entities]
@@ -213,6 +239,8 @@ def training_set(d: TrainingData, config: ClassifierConfig) -> TrainingSet:
     positives += frames(forget_surfaces, config.frames_per_entity, seed)
     positives += frames(short_forms(forget_surfaces, d.common), max(1, config.frames_per_entity // 2), seed + 2)
     positives += in_context(s.pos_train + frames(forget_surfaces, 1, seed + 1), seed)
+    vocabulary = replacement_words(d.pool_train) if config.scope == "examples" else []
+    positives += [v for p in s.pos_train for v in changed_words(p, vocabulary, k, seed)]
     contrastive = list(s.ret_train)
     contrastive += [v for p in s.ret_train for v in variants(p, k, seed)]
     contrastive += [x for p in s.ret_train if (x := shorten_entities(p, retain_surfaces))]
@@ -220,13 +248,15 @@ def training_set(d: TrainingData, config: ClassifierConfig) -> TrainingSet:
     contrastive += [x for p in s.pos_train for x in near_misses(p, forget_surfaces, n_miss, seed)]
     contrastive += frames(retain_surfaces, config.frames_per_entity, seed)
     contrastive += in_context(s.ret_train, seed)
+    contrastive += [v for p in s.ret_train for v in changed_words(p, vocabulary, k, seed)]
     general = frames(d.pool_names, config.frames_per_entity, seed) + d.pool_train
     hard = d.hard_negatives + [v for p in d.hard_negatives for v in variants(p, 1, seed)]
     hard += frames(d.negative_surfaces, config.frames_per_entity, seed)
     hard += in_context(d.hard_negatives + frames(d.negative_surfaces, 1, seed + 1), seed)
     hard += ordinary_uses(forget_surfaces, d.common, d.pool_train, seed)
     share = config.hard_negative_share if hard else 0.0
-    parts = [(positives, 1, 2.0), (contrastive, 0, 1.0 - share), (hard, 0, share), (general, 0, 1.0)]
+    same_task = 2.0 if config.scope == "examples" else 1.0
+    parts = [(positives, 1, 2.0), (contrastive, 0, same_task - share), (hard, 0, share), (general, 0, 1.0)]
     parts = [(part, label, mass) for part, label, mass in parts if part and mass > 0]
     texts = [t for part, _, _ in parts for t in part]
     labels = np.array([label for part, label, _ in parts for _ in part])

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from lethe.classifier.cache import ByteBoundedCache
+from lethe.classifier.config import known_fields
 from lethe.classifier.entities import STOPWORDS
 from lethe.classifier.text import normalized_words, word_spans
 
@@ -59,8 +60,7 @@ class FeatureSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
         """Inverse of ``to_dict``."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return known_fields(cls, data)
 
 
 def _hash(text: str, salt: bytes) -> int:

@@ -16,6 +16,7 @@ from lethe.classifier.dataset import (
     clean_inputs,
     clean_prompts,
     prepare,
+    replacement_words,
     training_set,
 )
 from lethe.classifier.entities import EntityMatcher
@@ -47,18 +48,24 @@ def _calibrate(model: ScopeClassifier, d: TrainingData, config: ClassifierConfig
     """Conformal thresholds, then recall and FPR measured on data no fit or threshold has seen."""
     s, k = d.splits, config.calibration_variants
     surfaces = [e.surface for e in d.train_entities]
-    groups = calibration_groups(s.pos_cal, surfaces, k, config.seed)
+    # The examples scope calibrates and validates on perturbations no fit has seen (other seeds, other words).
+    examples = config.scope == "examples"
+    vocabulary = replacement_words(d.pool_val) if examples else []
+    val_seed, val_vocabulary = (config.seed + 1, replacement_words(d.pool_test)) if examples else (config.seed, [])
+    groups = calibration_groups(s.pos_cal, surfaces, k, config.seed, vocabulary)
     recall_t = recall_threshold([float(model.scores(g).min()) for g in groups], config.alpha)
     val_neg = s.ret_val + d.hard_val + d.pool_val
     fpr_t = fpr_threshold(model.scores(val_neg).tolist(), config.fpr_target) if val_neg else None
     threshold, both_hold = combine(recall_t, fpr_t, config.prefer)
     test_neg = s.ret_test + d.hard_test + d.pool_test
-    val_pos = [t for g in calibration_groups(s.pos_val, surfaces, k, config.seed) for t in g]
+    val_groups = calibration_groups(s.pos_val, surfaces, k, val_seed, val_vocabulary)
+    val_pos = [t for g in val_groups for t in g]
     return {
         "alpha": config.alpha,
         "threshold": threshold,
         "calibration_size": recall_t.calibration_size,
-        "calibration_unit": f"held-out forget prompt; score = min over it, {k} surface variants "
+        "calibration_unit": f"forget example; score = min over it, {k} held-out surface variants and {k} "
+        "with changed words" if examples else f"held-out forget prompt; score = min over it, {k} surface variants "
         "and its surname-only form",
         "recall_threshold": recall_t.threshold,
         "conformal_rank": recall_t.rank,

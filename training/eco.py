@@ -269,6 +269,7 @@ def assign_clusters(centroids: torch.Tensor, samples: Sequence[ForgetSample], mo
     )
 
 
+@torch.no_grad()
 def train_eco(
     model: LanguageModel,
     factory: CandidateFactory,
@@ -285,20 +286,7 @@ def train_eco(
     entity -> known entity) make substitution a candidate; ``mentions`` (the answers' distinctive words)
     are corrupted with the entities wherever they occur.
     """
-    with torch.no_grad():
-        return _train(model, factory, samples, config, seed, report, surrogates or {}, mentions)
-
-
-def _train(
-    model: LanguageModel,
-    factory: CandidateFactory,
-    samples: Sequence[ForgetSample],
-    config: EcoConfig,
-    seed: int,
-    report: Report,
-    surrogates: dict[str, str],
-    mentions: Sequence[str],
-) -> EcoResult:
+    surrogates = surrogates or {}
     objective = EcoObjective(model, factory, config, surrogates, mentions)
     modes = list(dict.fromkeys(config.token_modes))
     objective.set_fluency_references(samples, modes[0])
