@@ -9,7 +9,11 @@ form the upstream's model wants (``service.upstream_embeddings``: scale, dtype).
 parameters the client left out stay out, so the upstream fills them from its generation config
 exactly as for forwarded requests; only a chat request's default ``max_tokens`` is written here,
 by vLLM's chat rule (the context left, capped by the generation config). The answer comes back as
-text deltas that the routes write in the upstream's own response shapes (``service.upstream_shapes``).
+text deltas that the routes write in the upstream's own response shapes (``service.upstream_shapes``);
+surrogate names a substituting plan put in the prompt are written back in them as local mode writes them
+back. What local mode also does *while* generating (corrupting generated tokens that continue a forget
+entity's mention before they are fed back) cannot be done through vLLM's API, which takes embeddings for
+the prompt only.
 
 Whether the upstream takes prompt embeddings is configured (``yes``/``no``) or probed with a
 one-token request (``auto``), never assumed. Without them, flagged prompts follow the policy:
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -30,6 +35,7 @@ from typing import Any
 import torch
 
 from lethe.runtime.embedder import PromptEmbedder
+from lethe.runtime.generation import rewrite
 from lethe.runtime.interventions import InterventionPlan, apply_plan
 from lethe.runtime.model import LanguageModel, PromptLogprobs
 from lethe.service import upstream_errors as errors
@@ -303,7 +309,7 @@ class ProxyBackend:
             choice = answer["choices"][0]
             usage = answer.get("usage") or {}
             return Completion(
-                str(choice.get("text") or ""),
+                rewrite(str(choice.get("text") or ""), _rewrites(request)),
                 str(choice.get("finish_reason") or "stop"),
                 int(usage.get("completion_tokens") or 0),
                 choice.get("stop_reason"),
@@ -325,7 +331,7 @@ class ProxyBackend:
                 if response.status_code != 200:
                     await response.aread()
                     raise errors.rejected(response.status_code)
-                async for delta in _deltas(response):
+                async for delta in rewrite_deltas(_deltas(response), _rewrites(request)):
                     yield delta
             finally:
                 await response.aclose()
@@ -337,6 +343,33 @@ class ProxyBackend:
     ) -> PromptLogprobs:
         """Not available: vLLM refuses ``echo``/``prompt_logprobs`` with prompt embeddings."""
         raise unsupported("echo", "prompt log-probs of this prompt are not available through the upstream")
+
+
+def _rewrites(request: BackendRequest) -> tuple[tuple[str, str], ...]:
+    """Surrogate names the plan put in the prompt, to be written back as the names asked about."""
+    return request.plan.rewrites if request.plan is not None else ()
+
+
+def _pending(text: str, names: Sequence[str]) -> int:
+    """How many trailing characters of ``text`` could still grow into one of ``names``."""
+    return max((size for name in names for size in range(1, len(name)) if text.endswith(name[:size])), default=0)
+
+
+async def rewrite_deltas(deltas: AsyncIterator[Delta], pairs: Sequence[tuple[str, str]]) -> AsyncIterator[Delta]:
+    """The upstream's deltas with surrogate names written back (as local mode's decoder does), holding back a
+    tail that could still become one."""
+    if not pairs:
+        async for delta in deltas:
+            yield delta
+        return
+    names = [surrogate for surrogate, _ in pairs]
+    received, emitted = "", 0
+    async for delta in deltas:
+        received += delta.text
+        text = rewrite(received, pairs)
+        visible = len(text) if delta.finished else len(text) - _pending(text, names)
+        yield dataclasses.replace(delta, text=text[emitted:visible] if visible > emitted else "")
+        emitted = max(emitted, visible)
 
 
 def _json(payload: Payload) -> bytes:

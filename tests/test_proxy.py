@@ -44,9 +44,10 @@ from lethe.runtime.model import LanguageModel
 from lethe.runtime.screening import ForgetSetScreen
 from lethe.service.app import create_app
 from lethe.service.artifact_archive import pack_artifact
+from lethe.service.backend import Delta
 from lethe.service.gateway import build_gateway, local_backend
 from lethe.service.generation_defaults import GenerationDefaults
-from lethe.service.proxy_backend import ProxyBackend
+from lethe.service.proxy_backend import ProxyBackend, rewrite_deltas
 from lethe.service.settings import GatewaySettings
 from lethe.service.text_corruption import corrupt_token_ids, corruption_mask, replacement_vocabulary
 from lethe.service.upstream_embeddings import UnsupportedModelFamily, UpstreamEmbeddings, encode_prompt_embeds
@@ -843,6 +844,22 @@ def test_local_mode_applies_the_generation_config(
         assert sampled["usage"]["completion_tokens"] == len(expected.token_ids) <= 9
     finally:
         server.stop()
+
+
+def test_surrogate_names_are_written_back_across_stream_chunks() -> None:
+    import asyncio
+
+    async def upstream(pieces: list[str]) -> Any:
+        for index, piece in enumerate(pieces):
+            yield Delta(piece, index == len(pieces) - 1, "stop" if index == len(pieces) - 1 else None, index + 1)
+
+    async def relayed(pieces: list[str]) -> list[str]:
+        pairs = (("Quill", "Sessa Zowick"), ("Marrow", "Drushaven"))
+        return [delta.text async for delta in rewrite_deltas(upstream(pieces), pairs)]
+
+    pieces = ["Ada Qu", "ill was born in Ma", "rrow, near Qui", "nton."]
+    # A tail that could still become a surrogate waits for the next chunk; complete ones are written back.
+    assert asyncio.run(relayed(pieces)) == ["Ada ", "Sessa Zowick was born in ", "Drushaven, near ", "Quinton."]
 
 
 def test_embedding_scale_dtype_and_refused_families(stack: dict[str, Any], tmp_path: Path) -> None:
