@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lethe.service.protocol import ChatMessage, StrictModel
 
@@ -17,8 +17,17 @@ class ForgetSetCreate(StrictModel):
     topic: str | None = Field(default=None, min_length=1, max_length=500)
     seed_prompts: list[str] | None = Field(default=None, max_length=200)
     retain: list[dict[str, Any]] | None = Field(default=None, max_length=20000)
-    method: Literal["eco", "spul", "eco+spul"]
+    method: str
     options: dict[str, Any] | None = None
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, method: str) -> str:
+        from lethe.training.methods import METHOD_NAMES
+
+        if method not in METHOD_NAMES:
+            raise ValueError(f"the method must be one of {', '.join(METHOD_NAMES)}")
+        return method
 
     @model_validator(mode="after")
     def _forget_or_topic(self) -> ForgetSetCreate:
