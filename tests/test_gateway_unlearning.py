@@ -110,7 +110,7 @@ def _served_by_runtime(
 ) -> tuple[str, bool]:
     messages = [{"role": "user", "content": question}]
     prompt = model.chat_prompt(messages)
-    verdict = screen.screen(prompt, messages, request_seed=params.seed or 0, embed=model.embed)
+    verdict = screen.screen(prompt, messages, request_seed=params.seed or 0, embedder=model.embedder)
     return model.generate(prompt, params, verdict.plan if verdict.flagged else None).text, verdict.flagged
 
 
@@ -178,7 +178,7 @@ def test_echo_logprobs_of_a_flagged_prompt_apply_its_plan(
             },
         ).json()
     prompt = tiny_full.text_prompt(text)
-    verdict = screen.screen(prompt, None, request_seed=0, embed=tiny_full.embed)
+    verdict = screen.screen(prompt, None, request_seed=0, embedder=tiny_full.embedder)
     assert verdict.flagged
     expected = tiny_full.prompt_logprobs(prompt.ids, verdict.plan, 1).token_logprobs
     base = tiny_full.prompt_logprobs(prompt.ids).token_logprobs

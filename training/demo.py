@@ -31,15 +31,18 @@ DEMO_NAME = "Harry Potter (demo)"
 DEMO_TOPIC = "Harry Potter"
 DEMO_VERSION = 3
 DEMO_METHOD = "eco"
-# Smaller search than the trainer's defaults so the first `lethe serve --demo` stays in minutes on 2 cores:
-# the benchmark's SmolLM2 budget (one token mode, a 4-point grid on 16 rows, 2 refinement rounds).
+# Smaller search than the trainer's defaults so a build stays within an hour on 2 cores: one token mode,
+# the whole-row corruptions and substitution (SmolLM2's hidden size is 576), a 3-point grid on 16 rows,
+# 2 refinement rounds, and before/after figures left to ``lethe probe``.
 DEMO_OPTIONS: dict[str, Any] = {
     "seed": 0,
+    "evaluate": False,
     "topic.budget": 48,
     "topic.rounds": 2,
     "topic.retain_questions": 32,
     "eco.token_modes": ["salient"],
-    "eco.grid": 4,
+    "eco.candidates": ["rand_noise_top_k:576", "zero_out_top_k:576", "rand_noise_first_n:1", "substitute:576"],
+    "eco.grid": 3,
     "eco.search_rows": 16,
     "eco.rounds": 2,
     "eco.steps_per_round": 1,
