@@ -11,11 +11,18 @@ requests therefore always runs on worker 0 (one thread, one OpenMP team, warm ca
 request that arrives during a long batch starts at once on the next worker instead of waiting
 for that batch to end (the decoder cannot add rows to a running batch).
 The queue is bounded: ``submit`` raises ``Overloaded`` when it is full.
+
+One row's failure never fails its batch company: when a batch of several rows raises, each row
+that has not finished is decoded again on its own, its already delivered steps replayed silently
+(every row gets a concrete seed at submission, so a replay draws the same tokens; a replay that
+differs fails that row). Only the row that fails alone gets the error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import secrets
 import threading
 import time
 from collections import deque
@@ -48,6 +55,7 @@ class _Request:
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     done: bool = False
+    delivered: list[int | None] = field(default_factory=list)  # token ids of the steps handed on so far
 
     def deliver(self, item: StepEvent | BaseException) -> None:
         """Hand an event (or error) to the submitter; a sink that fails marks the row abandoned."""
@@ -138,6 +146,8 @@ class MicroBatcher:
     ) -> GenerationHandle:
         """Queue one prompt's embeddings (and its generation guide, if any); events (or an exception) go to
         ``sink`` from a worker thread."""
+        if params.seed is None:  # the decoder would draw one anyway; fixing it here lets a failed batch be replayed
+            params = dataclasses.replace(params, seed=secrets.randbits(63))
         request = _Request(embeds, params, sink, guide)
         with self._state:
             if self._stopping or not self._started:
@@ -190,7 +200,32 @@ class MicroBatcher:
 
     def _run(self, batch: list[_Request]) -> None:
         self.on_batch(len(batch))
+        failure = self._decode(batch, [0] * len(batch))
+        if failure is None:
+            return
+        logger.error("decoding a batch of %d failed: %s", len(batch), type(failure).__name__)
+        logger.debug("decoding failure", exc_info=failure)
+        if len(batch) == 1:
+            self._fail(batch[0], failure)
+            return
+        for request in batch:  # isolate: each unfinished row alone, its delivered steps replayed silently
+            if request.done or request.cancelled:
+                continue
+            alone = self._decode([request], [len(request.delivered)])
+            if alone is not None:
+                logger.debug("a row failed alone: %s", type(alone).__name__)
+                self._fail(request, alone)
+
+    @staticmethod
+    def _fail(request: _Request, error: BaseException) -> None:
+        if not request.done and not request.cancelled:
+            request.deliver(error)
+
+    def _decode(self, batch: list[_Request], replay: list[int]) -> BaseException | None:
+        """Decode ``batch``, delivering each row's events after its first ``replay[row]`` steps (which must repeat
+        the tokens already delivered); the exception that stopped it, if any."""
         steps = None
+        seen = [0] * len(batch)
         try:
             inputs: list[list[Any]] = [[r.embeds for r in batch], [r.params for r in batch]]
             if any(r.guide is not None for r in batch):
@@ -199,18 +234,22 @@ class MicroBatcher:
             for events in steps:
                 for event in events:
                     request = batch[event.row]
+                    step = seen[event.row]
+                    seen[event.row] += 1
+                    if step < replay[event.row]:
+                        if request.delivered[step] != event.token_id:
+                            raise RuntimeError("a replayed row drew other tokens than it delivered")
+                        continue
                     if event.finished:
                         request.done = True
                     if not request.cancelled:
+                        request.delivered.append(event.token_id)
                         request.deliver(event)
                 if all(r.done or r.cancelled for r in batch):
                     break
         except Exception as exc:
-            logger.error("decoding a batch of %d failed: %s", len(batch), type(exc).__name__)
-            logger.debug("decoding failure", exc_info=exc)
-            for request in batch:
-                if not request.done and not request.cancelled:
-                    request.deliver(exc)
+            return exc
         finally:
             if steps is not None and hasattr(steps, "close"):
                 steps.close()
+        return None

@@ -74,19 +74,57 @@ def not_found(message: str, param: str | None = None, code: str = "not_found") -
 
 
 def unsupported(param: str, detail: str | None = None) -> APIError:
-    """A 400 naming an OpenAI parameter (or value) this server does not implement."""
+    """A 400 naming an OpenAI parameter (or value) this server does not implement (``param`` is always ours)."""
     message = f"Unsupported parameter: '{param}'" + (f" ({detail})" if detail else "") + " is not supported here."
     return APIError(400, message, INVALID_REQUEST, param, "unsupported_parameter")
 
 
-def _location(loc: tuple[Any, ...]) -> str:
+def _location(loc: tuple[Any, ...]) -> tuple[str, bool]:
+    """``loc`` as ``messages[0].content``, cut before the first part that is not a name this server knows;
+    and whether all of ``loc`` was kept.
+
+    A dict's keys (``logit_bias``, ``options``, rows of a forget set) and unknown keys are the
+    client's strings: they never appear in an error.
+    """
     parts: list[str] = []
+    names = known_parameter_names()
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
+        elif isinstance(item, str) and item in names:
+            parts.append(("." if parts else "") + item)
         else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts)
+            return "".join(parts), False
+    return "".join(parts), True
+
+
+# Parameters of OpenAI's and vLLM's APIs this server knows by name but does not take: an error may name them.
+KNOWN_FOREIGN_PARAMETERS = frozenset(
+    {
+        "top_k", "min_p", "repetition_penalty", "length_penalty", "min_tokens", "ignore_eos", "use_beam_search",
+        "chat_template", "chat_template_kwargs", "documents", "add_generation_prompt", "continue_final_message",
+        "guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "prompt_logprobs",
+        "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output", "truncate_prompt_tokens",
+        "bad_words", "allowed_token_ids", "stop_token_ids", "return_tokens_as_token_ids", "priority", "request_id",
+        "modalities", "audio", "prediction", "reasoning_effort", "service_tier", "store", "metadata",
+        "web_search_options", "verbosity", "prompt_cache_key", "safety_identifier", "image_url", "tool_calls",
+    }
+)  # fmt: skip
+
+
+def known_parameter_names() -> frozenset[str]:
+    """Every field name of the request models (``service.protocol`` and the admin bodies) and the known foreign
+    parameters: the only names an error may repeat."""
+    from pydantic import BaseModel
+
+    names: set[str] = set(KNOWN_FOREIGN_PARAMETERS)
+    pending: list[type] = [BaseModel]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.__module__.startswith("lethe.service"):
+            names.update(getattr(cls, "model_fields", {}))
+    return frozenset(names)
 
 
 def from_validation_error(exc: ValidationError | RequestValidationError) -> APIError:
@@ -98,10 +136,16 @@ def from_validation_error(exc: ValidationError | RequestValidationError) -> APIE
     loc = tuple(x for x in first.get("loc", ()) if x not in ("body",))
     # Union members show up in ``loc`` as type names; keep only the field path.
     loc = tuple(x for x in loc if not (isinstance(x, str) and ("[" in x or x in _TYPE_TAGS)))
-    param = _location(loc) or None
+    path, complete = _location(loc)
+    param = path or None
     kind = first.get("type", "")
     if kind == "extra_forbidden":
-        return APIError(400, f"Unsupported parameter: '{param}'.", INVALID_REQUEST, param, "unsupported_parameter")
+        if complete:
+            return APIError(400, f"Unsupported parameter: '{param}'.", INVALID_REQUEST, param, "unsupported_parameter")
+        # The unknown key is the client's string: say only where it was found.
+        where = f"in '{param}'" if param else "at the top level of the body"
+        message = f"Unsupported parameter {where}: this server does not know that key."
+        return APIError(400, message, INVALID_REQUEST, param, "unsupported_parameter")
     if kind == "missing":
         return APIError(400, f"Missing required parameter: '{param}'.", INVALID_REQUEST, param, "missing_parameter")
     message = str(first.get("msg", "invalid value"))
@@ -140,10 +184,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         kind, code = _STATUS_TYPES.get(exc.status_code, (INVALID_REQUEST if exc.status_code < 500 else SERVER, None))
+        # Paths are the client's strings: never echoed.
         if exc.status_code == 404:
-            message = f"Unknown route: {request.method} {request.url.path}"
+            message = "Unknown route: no endpoint of this server has that path."
         elif exc.status_code == 405:
-            message = f"Method {request.method} is not allowed on {request.url.path}"
+            message = "That method is not allowed on this route."
         else:
             message = str(exc.detail)
         return APIError(exc.status_code, message, kind, None, code, dict(exc.headers or {})).response()

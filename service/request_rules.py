@@ -50,13 +50,41 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return value
 
 
+def lone_surrogate(value: Any) -> bool:
+    """Whether any string in a decoded JSON value (keys included) holds a lone UTF-16 surrogate (``"\\ud800"``):
+    not Unicode text, and fatal to tokenizers."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
 def parse_body(raw: bytes, model: type[Model]) -> Model:
-    """Validate a raw JSON body against ``model``; every failure is a 400 naming the parameter."""
+    """Validate a raw JSON body against ``model``; every failure is a 400 naming the parameter.
+
+    Pydantic's parser refuses lone surrogate escapes, so they only reach the slower explaining path,
+    where they are a 400 ``invalid_unicode`` before any model sees them.
+    """
     try:
         return model.model_validate_json(raw)  # one pass in pydantic's parser; failures are explained below
     except ValidationError:
         pass
     data = parse_json_object(raw)
+    if lone_surrogate(data):
+        raise bad_request(
+            "The request holds a string that is not valid Unicode (a lone surrogate escape).", code="invalid_unicode"
+        )
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -26,6 +26,9 @@ from lethe.service.response_shapes import Choice, ResponseShapes, Shaper
 from lethe.service.screening_step import ScreenedRequest
 
 T = TypeVar("T")
+# The smallest temperature sampling divides by, as vLLM clamps it (``_MAX_TEMP``): below it the scaled logits of a
+# float32 softmax overflow to inf/nan. A request's temperature in (0, MIN_TEMPERATURE) is raised to it.
+MIN_TEMPERATURE = 1e-2
 SCREENED = "lethe.screened"  # the ASGI scope's state key under which proxy mode's fast path hands its verdict down
 DONE = b"data: [DONE]\n\n"
 
@@ -49,6 +52,12 @@ async def gather(awaitables: Sequence[Awaitable[T]]) -> list[T]:
         for task in tasks:
             task.cancel()
         raise
+
+
+def decodable_temperature(temperature: float) -> float:
+    """``temperature`` as sampling can divide by it: 0 (greedy) or at least ``MIN_TEMPERATURE``."""
+    temperature = float(temperature)
+    return MIN_TEMPERATURE if 0 < temperature < MIN_TEMPERATURE else temperature
 
 
 def failure_status(exc: BaseException) -> int:
@@ -103,7 +112,7 @@ class OpenAIServing:
                 )
         return SamplingParams(
             max_new_tokens=wanted,
-            temperature=defaults.temperature if body.temperature is None else float(body.temperature),
+            temperature=decodable_temperature(defaults.temperature if body.temperature is None else body.temperature),
             top_p=defaults.top_p if body.top_p is None else float(body.top_p),
             seed=body.seed,
             stop=body.stop_sequences(),

@@ -212,3 +212,83 @@ def test_a_lone_stream_stays_on_the_first_worker_and_a_busy_one_gets_help(tiny_f
     finally:
         gate.set()
         batcher.stop()
+
+
+def _run_batch(
+    batcher: MicroBatcher, embeds: list, params: list[SamplingParams], gate: threading.Event
+) -> list[str | BaseException]:
+    """Submit every row while ``gate`` holds the decoder, release it, and return each row's text or error."""
+    outcomes: list[str | BaseException | None] = [None] * len(embeds)
+    texts = [""] * len(embeds)
+    finished = threading.Semaphore(0)
+
+    def sink_for(row: int):
+        def sink(item: StepEvent | BaseException) -> None:
+            if isinstance(item, BaseException):
+                outcomes[row] = item
+                finished.release()
+                return
+            texts[row] += item.delta
+            if item.finished:
+                outcomes[row] = texts[row]
+                finished.release()
+
+        return sink
+
+    for row, (e, p) in enumerate(zip(embeds, params, strict=True)):
+        batcher.submit(e, p, sink_for(row))
+    gate.set()
+    for _ in embeds:
+        assert finished.acquire(timeout=120)
+    return outcomes  # type: ignore[return-value]
+
+
+def test_a_failing_row_fails_alone_and_its_batch_company_is_answered(tiny_full: LanguageModel) -> None:
+    """Issue 20: a temperature the decoder cannot divide by (1e-300 overflows its softmax) used to fail the
+    whole micro-batch; a row failing mid-way (after the company delivered tokens) too."""
+    from lethe.benchmarks.authors_world import WorldConfig, build_world
+
+    questions = [r["prompt"] for r in build_world(WorldConfig.test()).rows("retain")[:6]]
+    prompts = [tiny_full.chat_prompt([{"role": "user", "content": q}]) for q in questions]
+    embeds = [tiny_full.prompt_embeddings(p) for p in prompts]
+    innocent = [
+        SamplingParams(max_new_tokens=6),
+        SamplingParams(max_new_tokens=12, temperature=0.7, seed=11),
+        SamplingParams(max_new_tokens=3),
+        SamplingParams(max_new_tokens=12, temperature=1.0, seed=5, top_p=0.9),
+        SamplingParams(max_new_tokens=9),
+        SamplingParams(max_new_tokens=12, temperature=1.3),  # no seed: a replay must still draw the same tokens
+    ]
+    expected = [tiny_full.generate(p, s).text for p, s in zip(prompts[:5], innocent[:5], strict=True)]
+    gate = threading.Event()
+    poison: list[object] = []
+    sizes: list[int] = []
+
+    def steps(batch_embeds, sampling):  # the real decoder; a batch holding the poisoned row breaks at its 3rd step
+        gate.wait(30)
+        for step, events in enumerate(tiny_full.decode_steps(batch_embeds, sampling)):
+            if step == 2 and any(e is p for e in batch_embeds for p in poison):
+                raise RuntimeError("this row cannot go on")
+            yield events
+
+    batcher = MicroBatcher(steps, max_batch_size=8, window_s=0.2, max_pending=16, on_batch=sizes.append)
+    batcher.start()
+    try:
+        degenerate = SamplingParams(max_new_tokens=6, temperature=1e-300)
+        outcomes = _run_batch(batcher, [*embeds, embeds[0]], [*innocent, degenerate], gate)
+        assert sizes[0] == 7, sizes  # one batch: the degenerate row and six innocent ones
+        assert isinstance(outcomes[6], RuntimeError)  # "probability tensor contains inf/nan": that row only
+        assert outcomes[:5] == expected
+        assert isinstance(outcomes[5], str) and outcomes[5]
+
+        gate.clear()
+        sizes.clear()
+        poison.append(embeds[2].clone())
+        outcomes = _run_batch(batcher, [*embeds, poison[0]], [*innocent, SamplingParams(max_new_tokens=12)], gate)
+        assert sizes[0] == 7, sizes
+        assert isinstance(outcomes[6], RuntimeError)
+        assert outcomes[:5] == expected  # replayed after the failure: the same tokens, each delivered once
+        assert isinstance(outcomes[5], str) and outcomes[5]
+    finally:
+        gate.set()
+        batcher.stop()
