@@ -118,12 +118,12 @@ class Hasher:
         self._per_word.clear()
 
 
-def sublinear_l2(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unique buckets of ``indices`` with values ``1 + log(count)``, L2-normalized."""
-    if indices.size == 0:
-        return indices.astype(np.int64), np.zeros(0)
-    unique, counts = np.unique(indices, return_counts=True)
-    values = 1.0 + np.log(counts)
+def sublinear_l2(indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique buckets of ``indices`` (sorted) with values ``1 + log(count)``, L2-normalized."""
+    if len(indices) == 0:
+        return np.zeros(0, np.int64), np.zeros(0)
+    unique, counts = np.unique(np.asarray(indices, dtype=np.int64), return_counts=True)
+    values = 1.0 + np.log(counts) if counts.max() > 1 else counts.astype(np.float64)
     return unique, values / np.sqrt(float(values @ values))
 
 
@@ -149,8 +149,7 @@ class Analysis:
     def sparse(self) -> tuple[np.ndarray, np.ndarray]:
         """Sorted unique bucket indices and their values (word block, then character block)."""
         words = self.words
-        grams = np.array([g for g, _, _ in self._hasher.word_gram_spans(words)], dtype=np.int64)
-        word_idx, word_val = sublinear_l2(grams)
+        word_idx, word_val = sublinear_l2([g for g, _, _ in self._hasher.word_gram_spans(words)])
         chars = self._hasher.char_grams(words)
         char_idx, char_val = sublinear_l2(np.concatenate(chars) if chars else np.zeros(0, np.int64))
         return np.concatenate([word_idx, char_idx]), np.concatenate([word_val, char_val])

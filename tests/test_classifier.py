@@ -376,3 +376,15 @@ def test_bench_world(world) -> None:
     assert _rate(model, _paraphrases(bench.rows("forget"))) >= 0.98
     negatives = _paraphrases(bench.rows("retain")) + _prompts(bench.rows("heldout")) + _prompts(bench.rows("general"))
     assert _rate(model, negatives) <= 0.01
+
+
+def test_semantic_vector_reads_the_same_wordpieces_as_the_tokenizer() -> None:
+    """Word-by-word WordPiece ids (memoized) equal the tokenizer's ids of the whole text, with no padding."""
+    from lethe.classifier.semantic import STATIC_V1, static_embedder
+    from lethe.classifier.text import normalized_words
+
+    embedder = static_embedder(STATIC_V1)
+    for text in ["Who wrote The Lord of the Rings?", "unbelievably long-winded questions about Hogwarts", "x"]:
+        words = normalized_words(text)
+        whole = embedder.tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
+        assert embedder.token_ids(words) == whole
