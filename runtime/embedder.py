@@ -141,7 +141,10 @@ class PromptEmbedder:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def token_strings(self, ids: Sequence[int]) -> list[str]:
-        """Each token's own text, as OpenAI's legacy logprobs shape wants it."""
+        """Each token's own text, as OpenAI's legacy logprobs shape wants it (decoded in one batch)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            return list(backend.decode_batch([[int(i)] for i in ids], skip_special_tokens=False))
         return [self.tokenizer.decode([i]) for i in ids]
 
     def embed(self, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:

@@ -46,8 +46,8 @@ def gaussian(
     dim = dims.to(device=device, dtype=torch.int64).reshape(1, -1) & _MASK
     low, high, top = _lanes(seed)
     key = _mix(_mix(position ^ low) ^ high ^ (top << 20))
-    cell = _mix(key ^ _mix(dim * 2 + 1 + (top << 24)))
-    u1 = (_mix(cell ^ 0x1B873593).to(torch.float64) + 0.5) / (_MASK + 1)
-    u2 = (_mix(cell ^ 0x0CC9E2D5).to(torch.float64) + 0.5) / (_MASK + 1)
-    normal = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
-    return normal.to(torch.float32)
+    first = _mix(key ^ _mix(dim * 2 + 1 + (top << 24)))
+    second = _mix(first ^ 0x0CC9E2D5)
+    u1 = (first.to(torch.float32) + 0.5) * (1.0 / (_MASK + 1))
+    u2 = (second.to(torch.float32) + 0.5) * (1.0 / (_MASK + 1))
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)

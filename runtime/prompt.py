@@ -55,10 +55,22 @@ class TemplatedPrompt:
             if end > start
         ]
         mask = [False] * len(self.ids)
+        if not absolute:
+            return mask
+        # Merge the spans, then sweep tokens and spans together (both in character order).
+        merged: list[list[int]] = []
+        for start, end in sorted(absolute):
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        cursor = 0
         for position, (token_start, token_end) in enumerate(self.offsets):
             if token_end <= token_start:
                 continue
-            if any(token_start < end and start < token_end for start, end in absolute):
+            while cursor < len(merged) and merged[cursor][1] <= token_start:
+                cursor += 1
+            if cursor < len(merged) and merged[cursor][0] < token_end:
                 mask[position] = True
         return mask
 
