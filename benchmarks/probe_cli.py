@@ -1,8 +1,9 @@
-"""``lethe probe (--demo | --forget-set DIR ...) --out DIR``: the knowledge probes, base model against forget sets.
+"""``lethe probe (--demo | --forget-set DIR ...) --out DIR``: held-out scope and knowledge, base against forget sets.
 
-Writes ``probe.json`` (every answer, per probe, base and through the forget sets) and
-``probe.md`` (the summary table the README carries). With ``--demo`` the Harry Potter demo
-forget set is the shipped one, a cached build or a new build (its source and time are recorded).
+Writes ``probe.json`` (the scope figures per probe and kind; every answer, base and through the forget
+sets) and ``probe.md`` (the tables the README carries). The probes are the held-out ones
+(``benchmarks/probes/heldout/*_test.jsonl``, written without reading the builder). With ``--demo`` the
+Harry Potter demo forget set is the shipped one, a cached build or a new build (its source is recorded).
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="model name or path (LETHE_MODEL, default smollm2)")
     parser.add_argument("--out", type=Path, required=True, help="folder for probe.json and probe.md")
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--scope-only", action="store_true", help="only the scope figures (no generation)")
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from lethe.benchmarks.probe_eval import compare_probes
+    from lethe.benchmarks.scope_eval import scope_report
     from lethe.runtime.artifact import ForgetSetArtifact
     from lethe.runtime.model import LanguageModel
     from lethe.runtime.screening import ForgetSetScreen
@@ -53,7 +56,10 @@ def _run(args: argparse.Namespace) -> int:
     else:
         artifacts = [ForgetSetArtifact.load(f, model.fingerprint, model.hidden_size) for f in args.forget_set]
     started = time.perf_counter()
-    result = compare_probes(model, ForgetSetScreen(artifacts), args.max_new_tokens)
+    screen = ForgetSetScreen(artifacts)
+    result: dict[str, Any] = {"scope": scope_report(screen)}
+    if not args.scope_only:
+        result["knowledge"] = compare_probes(model, screen, args.max_new_tokens)
     result["meta"] = {
         "model": model.name,
         "forget_sets": [a.id for a in artifacts],
@@ -72,21 +78,30 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def probe_markdown(result: dict[str, Any]) -> str:
-    """The probe summary: keyword share per question kind, flag rate, distinct-2 and perplexity, base against Lethe."""
-    rows = ["| probe | system | keyword share | by kind | flag rate | distinct-2 | base perplexity |", "|---" * 7 + "|"]
-    for probe in ("harry_potter", "general"):
-        for system in ("base", "lethe"):
-            figures = result[probe][system]
-            kinds = ", ".join(f"{k} {v:.2f}" for k, v in figures["keyword_share_by_kind"].items())
-            rows.append(
-                f"| {probe} | {system} | {figures['keyword_share']:.3f} | {kinds} | {figures['flag_rate']:.2f} "
-                f"| {figures['distinct_2']:.3f} | {figures['base_perplexity']:.2f} |"
-            )
-    summary = result["summary"]
-    rows.append("")
-    rows.append(
-        f"Harry Potter share {summary['hp_share_base']:.3f} -> {summary['hp_share_lethe']:.3f} "
-        f"(ratio {summary['hp_ratio']:.2f}, goal <= 0.25); general {summary['general_share_base']:.3f} -> "
-        f"{summary['general_share_lethe']:.3f} (change {summary['general_relative_change']:+.1%}, goal within 5%)."
-    )
-    return "\n".join(rows) + "\n"
+    """The scope table (recall / false-positive rate per kind) and the knowledge table, base against Lethe."""
+    from lethe.benchmarks.scope_eval import scope_markdown
+
+    parts = ["### Scope on held-out probes\n", scope_markdown(result["scope"])]
+    knowledge = result.get("knowledge")
+    if knowledge:
+        rows = ["| probe | system | keyword share | flag rate | loop rate | distinct-2 | base perplexity |",
+                "|---" * 7 + "|"]  # fmt: skip
+        for probe in (k for k in knowledge if k != "summary"):
+            for system in ("base", "lethe"):
+                f = knowledge[probe][system]
+                rows.append(
+                    f"| {probe} | {system} | {f['keyword_share']:.3f} | {f['flag_rate']:.3f} "
+                    f"| {f['loop_rate']:.3f} | {f['distinct_2']:.3f} | {f['base_perplexity']:.2f} |"
+                )
+        s = knowledge["summary"]
+        rows.append("")
+        rows.append(
+            f"Topic keyword share {s['topic_share_base']:.3f} -> {s['topic_share_lethe']:.3f} "
+            f"(ratio {s['topic_ratio']:.2f}, goal <= 0.25); general {s['general_share_base']:.3f} -> "
+            f"{s['general_share_lethe']:.3f} (change {s['general_change']:+.3f}, goal within 0.05); loop rate of "
+            f"flagged answers {s['flagged_loop_rate'] if s['flagged_loop_rate'] is not None else float('nan'):.3f} "
+            f"(goal <= 0.02); base-model perplexity of the answers {s['perplexity_base']:.2f} -> "
+            f"{s['perplexity_lethe']:.2f} (ratio {s['perplexity_ratio']:.2f}, goal <= 1.5)."
+        )
+        parts += ["\n### Knowledge on held-out probes (greedy answers)\n", "\n".join(rows) + "\n"]
+    return "\n".join(parts)

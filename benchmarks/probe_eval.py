@@ -1,11 +1,19 @@
 """Knowledge probes: does the served model still say what a forget set should have removed?
 
-Each probe row is a question with the keywords a correct answer contains. Answers are greedy,
-chat-templated, and go through the same routing the gateway applies (classifier, then the
-flagged forget sets' interventions). Reported per probe: the share of answers containing a
-keyword (overall and per question kind), the flag rate, distinct-2 of the answers (degenerate
-repetition drives it down) and the *base* model's perplexity of the answers (gibberish drives
-it up).
+Each probe row is a conversation (``messages``, or a single ``prompt``) with the keywords a correct
+answer contains. Answers are greedy, chat-templated, and go through the same screen the gateway
+applies (classifier over every message, then the flagged forget sets' interventions, kept on while
+the answer is generated). Reported per probe: the share of answers containing a keyword (overall and
+per kind of question), the flag rate, and how ordinary the flagged answers read:
+
+- ``loop_rate``: share of answers that repeat a word 3-gram three times or more (a degenerate loop);
+- ``distinct_2``: unique word bigrams over bigrams (repetition drives it down);
+- ``base_perplexity``: the *bare* model's perplexity of the answers given their prompts (gibberish
+  drives it up), reported beside the bare model's perplexity of its own answers to the same prompts.
+
+The held-out probes (``benchmarks/probes/heldout/*_test.jsonl``, written without reading the builder)
+are the ones the README reports; ``harry_potter``/``general`` are the project's older, builder-adjacent
+probes, kept for comparison.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,15 +31,22 @@ import numpy as np
 from lethe.runtime.generation import SamplingParams
 from lethe.runtime.model import LanguageModel
 from lethe.runtime.screening import ForgetSetScreen
-from lethe.training.metrics import EvalTarget, through_screen
 
 PROBE_DIR = Path(__file__).parent / "probes"
+HELDOUT_KNOWLEDGE = {"hp_test": "topic", "general_test": "general"}
 
 
 def load_probe(name: str) -> list[dict[str, Any]]:
-    """Rows ``{"prompt", "keywords", "kind"}`` of a shipped probe (``harry_potter`` or ``general``)."""
+    """Rows of a probe: the older ``harry_potter``/``general`` or a held-out ``heldout/<name>`` file."""
     path = PROBE_DIR / f"{name}.jsonl"
+    if not path.is_file():
+        path = PROBE_DIR / "heldout" / f"{name}.jsonl"
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def messages_of(row: dict[str, Any]) -> list[dict[str, str]]:
+    """A probe row's conversation."""
+    return row["messages"] if "messages" in row else [{"role": "user", "content": row["prompt"]}]
 
 
 def contains_keyword(answer: str, keywords: Sequence[str]) -> bool:
@@ -43,86 +59,102 @@ def distinct_2(answers: Sequence[str]) -> float:
     """Mean over answers of unique word bigrams / bigrams (1.0: no repetition)."""
     values = []
     for answer in answers:
-        words = answer.split()
-        bigrams = list(itertools.pairwise(words))
+        bigrams = list(itertools.pairwise(answer.split()))
         if bigrams:
             values.append(len(set(bigrams)) / len(bigrams))
     return float(np.mean(values)) if values else float("nan")
 
 
-def answer_and_flags(target: EvalTarget, questions: Sequence[str], max_new_tokens: int) -> tuple[list[str], list[bool]]:
-    """Greedy answers through ``target`` and whether each question got an intervention."""
-    rendered = [target.render(question) for question in questions]
-    plans = [target.plan_for(prompt, messages) for prompt, messages in rendered]
-    params = [SamplingParams(max_new_tokens=max_new_tokens) for _ in questions]
-    results = target.model.generate_many([p for p, _ in rendered], plans, params, batch_size=16)
+def loops(answer: str) -> bool:
+    """Whether an answer repeats a word 3-gram three times or more."""
+    words = answer.lower().split()
+    counts = Counter(zip(words, words[1:], words[2:], strict=False))
+    return bool(counts) and max(counts.values()) >= 3
+
+
+def answer_conversations(
+    model: LanguageModel, conversations: Sequence[list[dict[str, str]]], screen: ForgetSetScreen | None,
+    max_new_tokens: int,
+) -> tuple[list[str], list[bool]]:  # fmt: skip
+    """Greedy answers, through ``screen`` when given, and whether each conversation got an intervention."""
+    prompts = [model.chat_prompt(messages) for messages in conversations]
+    plans = []
+    for prompt, messages in zip(prompts, conversations, strict=True):
+        verdict = screen.screen(prompt, messages, 0, model.embedder) if screen is not None else None
+        plans.append(verdict.plan if verdict is not None and verdict.flagged else None)
+    params = [SamplingParams(max_new_tokens=max_new_tokens) for _ in prompts]
+    results = model.generate_many(prompts, plans, params, batch_size=16)
     return [r.text.strip() for r in results], [plan is not None for plan in plans]
 
 
-def base_perplexity(model: LanguageModel, questions: Sequence[str], answers: Sequence[str]) -> float:
-    """Perplexity of the answers under the bare base model, given their questions."""
+def base_perplexity(
+    model: LanguageModel, conversations: Sequence[list[dict[str, str]]], answers: Sequence[str]
+) -> float:
+    """Perplexity of the answers under the bare model, given their conversations."""
     prompts, completions = [], []
-    for question, answer in zip(questions, answers, strict=True):
+    for messages, answer in zip(conversations, answers, strict=True):
         ids = model.embedder.encode(answer)
         if ids:
-            prompts.append(EvalTarget(model).render(question)[0].ids)
+            prompts.append(model.chat_prompt(messages).ids)
             completions.append(ids)
     if not completions:
         return float("nan")
     logprobs = model.score(prompts, completions)
-    total = sum(float(t.sum()) for t in logprobs)
-    count = sum(len(t) for t in logprobs)
-    return math.exp(-total / count)
+    return math.exp(-sum(float(t.sum()) for t in logprobs) / sum(len(t) for t in logprobs))
 
 
 def evaluate_probe(
     model: LanguageModel, rows: Sequence[dict[str, Any]], screen: ForgetSetScreen | None, max_new_tokens: int = 48
 ) -> dict[str, Any]:
-    """Keyword share, per-kind shares, flag rate, distinct-2 and base perplexity of one probe."""
-    target = through_screen(model, screen) if screen is not None else EvalTarget(model)
-    questions = [r["prompt"] for r in rows]
-    answers, flags = answer_and_flags(target, questions, max_new_tokens)
-    hits = [contains_keyword(a, r["keywords"]) for a, r in zip(answers, rows, strict=True)]
+    """Keyword share (overall, per kind), flag rate, loop rate, distinct-2 and base perplexity of one probe."""
+    conversations = [messages_of(r) for r in rows]
+    answers, flags = answer_conversations(model, conversations, screen, max_new_tokens)
+    hits = [contains_keyword(a, r.get("keywords", [])) for a, r in zip(answers, rows, strict=True)]
     kinds: dict[str, list[bool]] = {}
     for row, hit in zip(rows, hits, strict=True):
         kinds.setdefault(row.get("kind", "other"), []).append(hit)
+    flagged = [a for a, f in zip(answers, flags, strict=True) if f]
     return {
         "questions": len(rows),
         "keyword_share": float(np.mean(hits)),
         "keyword_share_by_kind": {k: float(np.mean(v)) for k, v in sorted(kinds.items())},
         "flag_rate": float(np.mean(flags)),
+        "loop_rate": float(np.mean([loops(a) for a in answers])),
+        "flagged_loop_rate": float(np.mean([loops(a) for a in flagged])) if flagged else None,
         "distinct_2": distinct_2(answers),
-        "base_perplexity": base_perplexity(model, questions, answers),
+        "base_perplexity": base_perplexity(model, conversations, answers),
         "answers": [
-            {"prompt": q, "answer": a, "hit": h, "flagged": f}
-            for q, a, h, f in zip(questions, answers, hits, flags, strict=True)
+            {"id": r.get("id"), "kind": r.get("kind"), "answer": a, "hit": h, "flagged": f}
+            for r, a, h, f in zip(rows, answers, hits, flags, strict=True)
         ],
     }
 
 
-def compare_probes(model: LanguageModel, screen: ForgetSetScreen, max_new_tokens: int = 48) -> dict[str, Any]:
-    """Both shipped probes on the base model and through ``screen``, with the issue's two ratios."""
+def compare_probes(
+    model: LanguageModel, screen: ForgetSetScreen, max_new_tokens: int = 48, probes: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """The held-out knowledge probes on the bare model and through ``screen``, with the issue's ratios."""
+    names = list(probes or HELDOUT_KNOWLEDGE)
     out: dict[str, Any] = {}
-    for name in ("harry_potter", "general"):
+    for name in names:
         rows = load_probe(name)
-        out[name] = {
-            "base": evaluate_probe(model, rows, None, max_new_tokens),
-            "lethe": evaluate_probe(model, rows, screen, max_new_tokens),
-        }
-    hp, general = out["harry_potter"], out["general"]
+        out[name] = {"base": evaluate_probe(model, rows, None, max_new_tokens),
+                     "lethe": evaluate_probe(model, rows, screen, max_new_tokens)}  # fmt: skip
+    topic, general = out[names[0]], out[names[-1]]
     out["summary"] = {
-        "hp_share_base": hp["base"]["keyword_share"],
-        "hp_share_lethe": hp["lethe"]["keyword_share"],
-        "hp_ratio": _ratio(hp["lethe"]["keyword_share"], hp["base"]["keyword_share"]),
+        "topic_share_base": topic["base"]["keyword_share"],
+        "topic_share_lethe": topic["lethe"]["keyword_share"],
+        "topic_ratio": _ratio(topic["lethe"]["keyword_share"], topic["base"]["keyword_share"]),
         "general_share_base": general["base"]["keyword_share"],
         "general_share_lethe": general["lethe"]["keyword_share"],
-        "general_relative_change": _ratio(general["lethe"]["keyword_share"], general["base"]["keyword_share"]) - 1,
-        "hp_flag_rate": hp["lethe"]["flag_rate"],
+        "general_change": general["lethe"]["keyword_share"] - general["base"]["keyword_share"],
+        "topic_flag_rate": topic["lethe"]["flag_rate"],
         "general_flag_rate": general["lethe"]["flag_rate"],
-        "distinct_2_base": hp["base"]["distinct_2"],
-        "distinct_2_lethe": hp["lethe"]["distinct_2"],
-        "perplexity_base": hp["base"]["base_perplexity"],
-        "perplexity_lethe": hp["lethe"]["base_perplexity"],
+        "flagged_loop_rate": topic["lethe"]["flagged_loop_rate"],
+        "loop_rate_base": topic["base"]["loop_rate"],
+        "perplexity_base": topic["base"]["base_perplexity"],
+        "perplexity_lethe": topic["lethe"]["base_perplexity"],
+        "perplexity_ratio": _ratio(topic["lethe"]["base_perplexity"], topic["base"]["base_perplexity"]),
     }
     return out
 

@@ -98,14 +98,17 @@ def test_probe_command_leaves_unflagged_answers_untouched(
     argv = ["probe", "--model", str(authors_paths["full"]), "--forget-set", str(tmp_path / "fs"), "--out", str(out)]
     assert main([*argv, "--max-new-tokens", "6"]) == 0
     result = json.loads((out / "probe.json").read_text())
-    assert "| harry_potter | base |" in (out / "probe.md").read_text()
-    for probe in ("harry_potter", "general"):
-        base, lethe = result[probe]["base"]["answers"], result[probe]["lethe"]["answers"]
-        assert len(base) == len(lethe) == result[probe]["base"]["questions"] > 20
+    assert "| hp_test | base |" in (out / "probe.md").read_text()
+    knowledge = result["knowledge"]
+    for probe in ("hp_test", "general_test"):
+        base, lethe = knowledge[probe]["base"]["answers"], knowledge[probe]["lethe"]["answers"]
+        assert len(base) == len(lethe) == knowledge[probe]["base"]["questions"] > 100
         unflagged = [(b, a) for b, a in zip(base, lethe, strict=True) if not a["flagged"]]
         assert len(unflagged) >= 0.9 * len(base)  # an authors forget set leaves other topics alone
         assert all(b["answer"] == a["answer"] for b, a in unflagged)
-    assert 0.0 <= result["summary"]["hp_share_base"] <= 1.0
+    assert 0.0 <= knowledge["summary"]["topic_share_base"] <= 1.0
+    # the scope figures: an authors forget set flags no Harry Potter, near-topic or general question
+    assert result["scope"]["hp_test"]["recall"] <= 0.1 and result["scope"]["general_test"]["fpr"] <= 0.02
     assert result["meta"]["forget_sets"] == [eco_artifact.id]
 
 
