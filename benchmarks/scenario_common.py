@@ -29,6 +29,9 @@ class Budget:
     max_new_tokens: int = 48
     latency_prompts: int = 8
     latency_repeats: int = 3
+    baseline_sweep: tuple[tuple[float, int], ...] = ()
+    """``(lr, epochs)`` points every weight-updating baseline is trained at; its reported row is the point with
+    the best forget quality whose compute stays within the largest Lethe method's (see ``pick_sweep_point``)."""
 
     def meta(self) -> dict[str, Any]:
         """The settings a scenario's meta reports: Lethe's options, the baselines' budget and loss settings."""
@@ -37,6 +40,7 @@ class Budget:
             "lethe_options": self.lethe_options,
             "baseline_config": self.baseline.model_dump(),
             "baseline_losses": losses,
+            "baseline_sweep": [{"lr": lr, "epochs": epochs} for lr, epochs in self.baseline_sweep],
         }
 
 
@@ -82,15 +86,19 @@ def run_methods(
     given = {system.name: system for system in extra}
     for name in budget.methods:
         started = time.perf_counter()
-        if name in given:
-            system = given[name]
+        if name in BASELINES and budget.baseline_sweep:
+            system, figures = sweep_baseline(name, context, budget, evaluate, methods, log, scenario)
         else:
-            log(f"[{scenario}] training {name}")
-            system = build_system(name, context)
-        log(f"[{scenario}] evaluating {system.name}")
-        figures = evaluate(system)
-        figures["train_s"] = system.train_s
-        figures["forward_passes"] = system.forward_passes
+            if name in given:
+                system = given[name]
+            else:
+                log(f"[{scenario}] training {name}")
+                system = build_system(name, context)
+            log(f"[{scenario}] evaluating {system.name}")
+            figures = evaluate(system)
+            figures["train_s"] = system.train_s
+            figures["forward_passes"] = system.forward_passes
+            figures["compute"] = compute_of(name, system.forward_passes)
         methods[system.name] = figures
         if system.notes:
             notes[system.name] = system.notes
@@ -106,6 +114,60 @@ def run_methods(
     del systems
     gc.collect()
     return {"methods": methods, "meta": {**meta, **budget.meta(), "notes": notes, "remarks": list(remarks)}}
+
+
+# A backward pass costs about two forward passes: the baselines' rows count three times, Lethe's
+# zeroth-order training runs forward passes only (SPUL backprop's rows are counted as the baselines').
+BACKWARD_COST = 2.0
+
+
+def compute_of(name: str, forward_passes: int | None) -> float | None:
+    """Forward-pass equivalents a method's training spent."""
+    if forward_passes is None:
+        return None
+    backprop = name in BASELINES or name.endswith("backprop") or name == "lethe_eco_spul"
+    return float(forward_passes) * (1.0 + BACKWARD_COST if backprop else 1.0)
+
+
+def pick_sweep_point(points: Sequence[dict[str, Any]], budget_compute: float | None) -> dict[str, Any]:
+    """The sweep point reported for a baseline: best forget quality (then utility) within ``budget_compute``."""
+    affordable = [p for p in points if budget_compute is None or (p["compute"] or 0.0) <= budget_compute]
+    pool = affordable or [min(points, key=lambda p: p["compute"] or 0.0)]
+    return max(pool, key=lambda p: (p.get("forget_quality") or 0.0, p.get("model_utility") or 0.0))
+
+
+def sweep_baseline(
+    name: str,
+    context: BuildContext,
+    budget: Budget,
+    evaluate: Callable[[System], dict[str, Any]],
+    done: dict[str, dict[str, Any]],
+    log: Log,
+    scenario: str,
+) -> tuple[System, dict[str, Any]]:
+    """Train and evaluate a baseline at every sweep point; returns the reported point's system and figures."""
+    from dataclasses import replace
+
+    lethe_compute = [f["compute"] for m, f in done.items() if m.startswith("lethe_") and f.get("compute")]
+    budget_compute = max(lethe_compute) if lethe_compute else None
+    points: list[dict[str, Any]] = []
+    kept: System | None = None  # only the reported point's model stays in memory
+    for lr, epochs in budget.baseline_sweep:
+        log(f"[{scenario}] training {name} at lr {lr:g}, {epochs} epochs")
+        config = context.baseline_config.model_copy(update={"lr": lr, "epochs": epochs})
+        system = build_system(name, replace(context, baseline_config=config))
+        figures = evaluate(system)
+        figures.update(train_s=system.train_s, forward_passes=system.forward_passes, lr=lr, epochs=epochs,
+                       compute=compute_of(name, system.forward_passes))  # fmt: skip
+        points.append(figures)
+        if pick_sweep_point(points, budget_compute) is figures:
+            kept = system
+        del system
+        gc.collect()
+    assert kept is not None
+    columns = ("lr", "epochs", "compute", "forget_quality", "model_utility")
+    sweep = [{k: p.get(k) for k in columns} for p in points]
+    return kept, {**pick_sweep_point(points, budget_compute), "sweep": sweep, "compute_budget": budget_compute}
 
 
 def interleaved_latency(systems: Sequence[System], questions: Sequence[str], repeats: int) -> list[float]:

@@ -52,6 +52,10 @@ def test_results_shape(quick_results: tuple[dict[str, Any], Path]) -> None:
         assert "overhead_ratio" in figures
     meta = scenario["meta"]
     assert meta["seed"] == 0 and meta["quick"] is True
+    # what the methods train on and what they are measured on share no retain person
+    splits = meta["splits"]
+    assert splits["retain_train_people"] and splits["retain_eval_people"]
+    assert not set(splits["retain_train_people"]) & set(splits["retain_eval_people"])
     assert meta["data_sizes"]["forget"] > 0 and meta["data_sizes"]["heldout"] > 0
     assert {"platform", "cpu_count", "torch"} <= set(meta["machine"])
     assert all(math.isfinite(n) for n in _numbers(results))
