@@ -265,7 +265,11 @@ class ProxyBackend:
         """The prompt's embedding rows with its plan applied: what local mode feeds its model."""
         embeds = request.embeds if request.embeds is not None else self._embedder.embed(request.prompt.ids)
         embeds = embeds.to(self._embedder.dtype)
-        return apply_plan(embeds, request.plan) if request.plan is not None else embeds
+        if request.plan is None:
+            return embeds
+        # The token ids let the plan's entity steps find the forget entities' mentions in the prompt.
+        ids = list(request.prompt.ids) if len(request.prompt.ids) == embeds.shape[0] else None
+        return apply_plan(embeds, request.plan, ids)
 
     async def _body(self, request: BackendRequest, stream: bool) -> bytes | str:
         """The upstream request body, or the refusal text to answer with instead."""
