@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
+# PostgreSQL for the shared-registry tests (Debian's package; skipped with a message where it cannot be installed).
+bash scripts/install_postgres.sh
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi

@@ -18,7 +18,7 @@ from lethe.service.forget_sets import ForgetSetManager
 from lethe.service.generation_defaults import GenerationDefaults
 from lethe.service.inference_audit import InferenceAudit
 from lethe.service.metrics import GatewayMetrics
-from lethe.service.registry import Registry
+from lethe.service.registry_store import open_registry
 from lethe.service.request_rules import RequestRules
 from lethe.service.screening_step import ScreeningStep
 from lethe.service.settings import GatewaySettings
@@ -49,9 +49,7 @@ class Gateway:
         self.backend.start()
         self.metrics.forget_sets_live.set_function(lambda: len(self.screen.active))
         for state in ("queued", "running", "succeeded", "failed", "cancelled"):
-            self.metrics.jobs.labels(state).set_function(
-                lambda state=state: len(self.forget_sets.registry.list_jobs((state,)))
-            )
+            self.metrics.jobs.labels(state).set_function(lambda state=state: self.forget_sets.job_count(state))
 
     def stop(self) -> None:
         """Stop workers and close files."""
@@ -74,11 +72,13 @@ def build_gateway(
     registered.
     """
     metrics = GatewayMetrics()
-    registry = Registry(settings.registry)
+    registry = open_registry(settings)
     audit = AuditLog(registry.root / AUDIT_FILE)
     screen = ForgetSetScreen()
     model = backend.local_model
-    manager = ForgetSetManager(registry, screen, backend.embedder, model, audit)
+    manager = ForgetSetManager(
+        registry, screen, backend.embedder, model, audit, workers=settings.workers, lease_s=settings.job_lease_s
+    )
     keys = KeyChecker.from_strings(settings.api_key_list, settings.admin_key or None)
     screening = ScreeningStep(
         backend, screen, request_rules(settings, backend), keys, metrics, settings.max_prompt_tokens,

@@ -1,8 +1,10 @@
-"""Background training jobs: one at a time, on a thread, cancellable, with throttled progress.
+"""Training jobs: what one needs (``TrainJob``), how it is trained (``train_artifact``), and the in-process runner.
 
-The runner knows nothing about forget sets: it calls ``execute(job)`` for each queued job on its
-worker thread. ``ForgetSetManager`` supplies ``execute`` (train, save, go live) and records
-states in the registry.
+``JobRunner`` (SQLite registry) runs jobs one at a time on a thread of the serving process, the
+rows kept in memory only; it calls ``execute(job)``, which ``ForgetSetManager`` supplies (train,
+save, go live) and records states in the registry. With a shared registry, workers
+(``service.worker``) rebuild the job from its stored input (``job_from_input``) and train it with
+the same ``train_artifact``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from lethe.runtime.artifact import ArtifactError
+
+if TYPE_CHECKING:
+    from lethe.runtime.artifact import ForgetSetArtifact
+    from lethe.runtime.model import LanguageModel
 
 logger = logging.getLogger("lethe.jobs")
+MAX_ERROR_CHARS = 500
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception as a job's error: its type and message, cut short."""
+    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
 
 
 @dataclass
@@ -32,6 +46,44 @@ class TrainJob:
     topic: str | None = None
     seed_prompts: list[str] = field(default_factory=list)
     cancel: threading.Event = field(default_factory=threading.Event)
+
+
+def job_from_input(job_id: str, forget_set_id: str, name: str, method: str, data: dict[str, Any]) -> TrainJob:
+    """A job rebuilt from its stored training input (``forget``/``retain`` rows or ``topic``, ``options``).
+
+    Raises ``TrainingDataError``, ``ValueError`` or ``TypeError`` if the input does not parse.
+    """
+    from lethe.training.data import parse_rows
+    from lethe.training.trainer import TrainConfig
+
+    forget = parse_rows(data["forget"], "forget") if data.get("forget") is not None else []
+    retain = parse_rows(data["retain"], "retain", required=False) if data.get("retain") is not None else None
+    config = TrainConfig.from_options(method, dict(data.get("options") or {}))
+    return TrainJob(
+        job_id, forget_set_id, name, method, forget, retain, config,
+        topic=data.get("topic"), seed_prompts=list(data.get("seed_prompts") or []),
+    )  # fmt: skip
+
+
+def train_artifact(model: LanguageModel, job: TrainJob, progress: Callable[[float, str], None]) -> ForgetSetArtifact:
+    """Train the job's forget set on ``model`` (from rows, or from a topic the model reveals); the artifact is
+    checked to be the one asked for and to fit ``model``, not saved. Raises ``TrainingCancelled`` if cancelled."""
+    from lethe.training.trainer import train_forget_set, train_topic
+
+    if job.topic is not None:
+        artifact = train_topic(
+            model, job.name, job.topic, job.seed_prompts, job.config,
+            progress=progress, cancel=job.cancel, forget_set_id=job.forget_set_id,
+        )  # fmt: skip
+    else:
+        artifact = train_forget_set(
+            model, job.name, job.forget, job.retain, job.config,
+            progress=progress, cancel=job.cancel, forget_set_id=job.forget_set_id,
+        )  # fmt: skip
+    if artifact.id != job.forget_set_id:
+        raise ArtifactError(f"the trainer returned forget set {artifact.id}, expected {job.forget_set_id}")
+    artifact.check_compatible(model.fingerprint, model.hidden_size)
+    return artifact
 
 
 class ProgressReporter:

@@ -54,7 +54,10 @@ def serve_local(
     if startup_artifacts is not None:
         imports += [(artifact, "startup") for artifact in startup_artifacts(model)]
     app = create_app(build_gateway(settings, local_backend(model, settings), imports))
-    banner = f"lethe: serving {model.name} on http://{settings.host}:{settings.port}/v1 (registry {settings.registry})"
+    banner = (
+        f"lethe: serving {model.name} on http://{settings.host}:{settings.port}/v1 "
+        f"(registry {settings.registry_label})"
+    )
     return _run(app, settings, log_level, banner)
 
 
@@ -83,6 +86,6 @@ def serve_proxy(settings: GatewaySettings, forget_set_folders: Sequence[Path] = 
     banner = (
         f"lethe: proxying {settings.upstream_model} at {settings.upstream} "
         f"on http://{settings.host}:{settings.port}/v1 "
-        f"(embeddings of {embedder.name}, registry {settings.registry})"
+        f"(embeddings of {embedder.name}, registry {settings.registry_label})"
     )
     return _run(app, settings, log_level, banner)

@@ -1,9 +1,12 @@
-"""The forget-set registry: SQLite (WAL) for records, ``artifacts/<id>/`` folders for the artifacts.
+"""The embedded forget-set registry: SQLite (WAL) for records, ``artifacts/<id>/`` folders for the artifacts.
 
-Every change is one transaction; artifact folders are written atomically by
-``ForgetSetArtifact.save`` and removed by renaming them aside first. A forget set is ``ready``
-only once its folder exists and its row says so; anything else found on disk at start-up is
-debris of an interrupted write and is removed by ``collect_debris``.
+One process owns the folder (``service.pg_registry`` is the shared registry). Every change is one
+transaction; artifact folders are written atomically by ``ForgetSetArtifact.save`` and removed by
+renaming them aside first. A forget set is ``ready`` only once its folder exists and its row says
+so; anything else found at start-up (artifact folders of interrupted writes, ``.import-*``
+scratch folders of interrupted uploads) is debris and is removed by ``collect_debris``. Deleted
+ids are remembered, so a forget set imported at start (``--demo``, ``--forget-set``) and deleted
+through the API stays deleted across restarts.
 
 Training data is never stored here (it is what the operator wants forgotten), so an interrupted
 job cannot be resumed: ``recover_interrupted`` reports it failed.
@@ -17,21 +20,22 @@ import shutil
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lethe.runtime.artifact import utc_now, validate_id
+from lethe.runtime.artifact import ForgetSetArtifact, utc_now, validate_id
 
 ForgetSetState = Literal["training", "ready", "failed", "cancelled"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE_JOB_STATES = ("queued", "running")
 INTERRUPTED = "interrupted by a restart"
-SCHEMA_VERSION = 1
+DELETED_DURING_TRAINING = "the forget set was deleted"
+IMPORT_SCRATCH_PREFIX = ".import-"
 
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS forget_sets (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -60,6 +64,12 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
 """
+# Ids deleted through the API: start-up imports (--demo, --forget-set) do not bring them back.
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS deleted_forget_sets (id TEXT PRIMARY KEY, deleted TEXT NOT NULL);
+"""
+MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+SCHEMA_VERSION = max(MIGRATIONS)
 
 
 @dataclass
@@ -77,6 +87,8 @@ class ForgetSetRecord:
     source: str
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # Which artifact a ready record names: its id here (one folder per id), the archive's hash in PostgreSQL.
+    version: str | None = None
 
 
 @dataclass
@@ -102,7 +114,9 @@ def new_job_id() -> str:
 
 
 class Registry:
-    """Forget-set and job records with their artifact folders under ``root``."""
+    """Forget-set and job records with their artifact folders under ``root`` (one process at a time)."""
+
+    shared = False  # no other process changes it: the screen needs no re-sync
 
     def __init__(self, root: Path):
         self.root = Path(root).expanduser()
@@ -114,12 +128,15 @@ class Registry:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        elif version != SCHEMA_VERSION:
+        if version > SCHEMA_VERSION:
             raise RuntimeError(f"registry schema version {version} is not supported (expected {SCHEMA_VERSION})")
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            # user_version is part of the transaction: a crash leaves the previous version and its tables.
+            self._db.executescript(f"BEGIN IMMEDIATE;{MIGRATIONS[step]}PRAGMA user_version={step};COMMIT;")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -138,16 +155,27 @@ class Registry:
         with self._lock:
             self._db.close()
 
-    def artifact_dir(self, forget_set_id: str) -> Path:
-        """Where a forget set's artifact lives."""
+    def artifact_dir(self, forget_set_id: str, version: str | None = None) -> Path:
+        """Where a forget set's artifact lives (there is one version per id here)."""
         return self.artifacts / validate_id(forget_set_id)
 
     # Forget sets -----------------------------------------------------------------------------
 
     def create_training(
-        self, forget_set_id: str, name: str, method: str, job_id: str, options: dict[str, Any]
+        self,
+        forget_set_id: str,
+        name: str,
+        method: str,
+        job_id: str,
+        options: dict[str, Any],
+        training_input: Mapping[str, Any] | None = None,
+        fingerprint: str = "",
     ) -> tuple[ForgetSetRecord, JobRecord]:
-        """Record a new forget set in state ``training`` and its ``queued`` job."""
+        """Record a new forget set in state ``training`` and its ``queued`` job.
+
+        ``training_input`` and ``fingerprint`` are for workers of a shared registry; here the
+        rows stay in the memory of the process that trains them and are ignored.
+        """
         now = utc_now()
         with self._transaction() as db:
             db.execute(
@@ -174,17 +202,36 @@ class Registry:
                 (validate_id(forget_set_id), name, method, now, now, source, json.dumps(metrics, default=str)),
             )
 
+    def store_ready(self, artifact: ForgetSetArtifact, source: str) -> str | None:
+        """Write an imported artifact and record it ready and enabled; ``None`` if its id is already registered.
+
+        Returns the version the screen keeps (the id: a folder here is never replaced).
+        """
+        with self._lock:
+            if self.get_forget_set(artifact.id) is not None:
+                return None
+            artifact.save(self.artifact_dir(artifact.id))
+            manifest = artifact.manifest
+            self.insert_ready(artifact.id, manifest.name, manifest.method, dict(manifest.metrics), source)
+            with self._transaction() as db:
+                db.execute("DELETE FROM deleted_forget_sets WHERE id = ?", (artifact.id,))
+        return artifact.id
+
     def get_forget_set(self, forget_set_id: str) -> ForgetSetRecord | None:
         """One forget set, or ``None``."""
         with self._lock:
             row = self._db.execute("SELECT * FROM forget_sets WHERE id = ?", (forget_set_id,)).fetchone()
-        return _forget_set(row) if row else None
+        return forget_set_record(row) if row else None
 
     def list_forget_sets(self) -> list[ForgetSetRecord]:
         """Every forget set, oldest first."""
         with self._lock:
             rows = self._db.execute("SELECT * FROM forget_sets ORDER BY created, id").fetchall()
-        return [_forget_set(r) for r in rows]
+        return [forget_set_record(r) for r in rows]
+
+    def live_versions(self) -> dict[str, str]:
+        """Ready and enabled forget sets: id -> the version of their artifact (here the id itself)."""
+        return {r.id: r.id for r in self.list_forget_sets() if r.state == "ready" and r.enabled}
 
     def set_enabled(self, forget_set_id: str, enabled: bool) -> ForgetSetRecord | None:
         """Switch a ready forget set on or off; ``None`` if it does not exist."""
@@ -196,11 +243,32 @@ class Registry:
         return self.get_forget_set(forget_set_id)
 
     def delete_forget_set(self, forget_set_id: str) -> bool:
-        """Delete the row, then the folder (renamed aside first); False if there was no row."""
+        """Delete the row (cancelling its active job, remembering the id), then the folder; False if no row."""
+        now = utc_now()
         with self._transaction() as db:
-            deleted = db.execute("DELETE FROM forget_sets WHERE id = ?", (forget_set_id,)).rowcount
+            row = db.execute("SELECT job_id FROM forget_sets WHERE id = ?", (forget_set_id,)).fetchone()
+            if row is None:
+                return False
+            db.execute("DELETE FROM forget_sets WHERE id = ?", (forget_set_id,))
+            if row["job_id"] is not None:
+                db.execute(
+                    "UPDATE jobs SET state = 'cancelled', error = ?, finished = ? WHERE id = ?"
+                    " AND state IN ('queued', 'running')",
+                    (DELETED_DURING_TRAINING, now, row["job_id"]),
+                )
+            db.execute(
+                "INSERT INTO deleted_forget_sets (id, deleted) VALUES (?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET deleted = excluded.deleted",
+                (forget_set_id, now),
+            )
         remove_folder(self.artifact_dir(forget_set_id))
-        return bool(deleted)
+        return True
+
+    def was_deleted(self, forget_set_id: str) -> bool:
+        """Whether this id was deleted through the API (and not imported again since)."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM deleted_forget_sets WHERE id = ?", (forget_set_id,)).fetchone()
+        return row is not None
 
     # Jobs -------------------------------------------------------------------------------------
 
@@ -208,13 +276,13 @@ class Registry:
         """One job, or ``None``."""
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job(row) if row else None
+        return job_record(row) if row else None
 
     def list_jobs(self, states: tuple[str, ...] | None = None) -> list[JobRecord]:
         """Jobs, oldest first, optionally only in ``states``."""
         with self._lock:
             rows = self._db.execute("SELECT * FROM jobs ORDER BY created, id").fetchall()
-        jobs = [_job(r) for r in rows]
+        jobs = [job_record(r) for r in rows]
         return [j for j in jobs if states is None or j.state in states]
 
     def job_started(self, job_id: str) -> bool:
@@ -226,8 +294,8 @@ class Registry:
             ).rowcount
         return bool(changed)
 
-    def job_progress(self, job_id: str, progress: float, stage: str | None) -> None:
-        """Record a running job's progress (0..1) and stage."""
+    def job_progress(self, job_id: str, progress: float, stage: str | None, worker: str | None = None) -> None:
+        """Record a running job's progress (0..1) and stage (``worker``: for the shared registry's workers)."""
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET progress = ?, stage = ? WHERE id = ? AND state = 'running'",
@@ -264,7 +332,21 @@ class Registry:
             )
         return True
 
-    def job_ended(self, job_id: str, state: Literal["failed", "cancelled"], error: str | None) -> None:
+    def publish(
+        self, job_id: str, forget_set_id: str, artifact: ForgetSetArtifact, worker: str | None = None
+    ) -> str | None:
+        """Save a trained artifact and make it ready and enabled; ``None`` (and no folder) if the job was cancelled
+        or its forget set deleted meanwhile. Returns the version the screen keeps."""
+        folder = self.artifact_dir(forget_set_id)
+        artifact.save(folder)
+        if self.job_succeeded(job_id, forget_set_id, dict(artifact.manifest.metrics)):
+            return forget_set_id
+        remove_folder(folder)
+        return None
+
+    def job_ended(
+        self, job_id: str, state: Literal["failed", "cancelled"], error: str | None, worker: str | None = None
+    ) -> None:
         """Mark a job failed or cancelled, and its forget set likewise (never enabled)."""
         now = utc_now()
         with self._transaction() as db:
@@ -298,14 +380,24 @@ class Registry:
         return [row["id"] for row in rows]
 
     def collect_debris(self) -> list[str]:
-        """Remove artifact folders no ready forget set owns (interrupted writes, deletes); returns their names."""
+        """Remove artifact folders no ready forget set owns (interrupted writes, deletes) and the scratch folders
+        of interrupted imports; returns their names."""
         ready = {r.id for r in self.list_forget_sets() if r.state == "ready"}
-        removed = []
+        removed = remove_import_scratch(self.root)
         for entry in self.artifacts.iterdir():
             if entry.name not in ready:
                 remove_folder(entry)
                 removed.append(entry.name)
         return removed
+
+
+def remove_import_scratch(root: Path) -> list[str]:
+    """Remove the ``.import-*`` scratch folders an interrupted upload left in ``root``; returns their names."""
+    removed = []
+    for entry in root.glob(IMPORT_SCRATCH_PREFIX + "*"):
+        remove_folder(entry)
+        removed.append(entry.name)
+    return removed
 
 
 def remove_folder(folder: Path) -> None:
@@ -323,7 +415,15 @@ def remove_folder(folder: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def _forget_set(row: sqlite3.Row) -> ForgetSetRecord:
+def _json(value: Any) -> dict[str, Any]:
+    """A JSON column: text in SQLite, already decoded in PostgreSQL."""
+    if isinstance(value, str):
+        return json.loads(value or "{}")
+    return dict(value or {})
+
+
+def forget_set_record(row: Mapping[str, Any] | sqlite3.Row) -> ForgetSetRecord:
+    """A ``forget_sets`` row of either registry as a record."""
     return ForgetSetRecord(
         id=row["id"],
         name=row["name"],
@@ -334,12 +434,14 @@ def _forget_set(row: sqlite3.Row) -> ForgetSetRecord:
         updated=row["updated"],
         job_id=row["job_id"],
         source=row["source"],
-        metrics=json.loads(row["metrics"] or "{}"),
+        metrics=_json(row["metrics"]),
         error=row["error"],
+        version=row["artifact_sha256"] if "artifact_sha256" in row.keys() else row["id"],  # noqa: SIM118 - sqlite3.Row
     )
 
 
-def _job(row: sqlite3.Row) -> JobRecord:
+def job_record(row: Mapping[str, Any] | sqlite3.Row) -> JobRecord:
+    """A ``jobs`` row of either registry as a record."""
     return JobRecord(
         id=row["id"],
         forget_set_id=row["forget_set_id"],
@@ -347,8 +449,8 @@ def _job(row: sqlite3.Row) -> JobRecord:
         progress=float(row["progress"]),
         stage=row["stage"],
         error=row["error"],
-        metrics=json.loads(row["metrics"] or "{}"),
-        options=json.loads(row["options"] or "{}"),
+        metrics=_json(row["metrics"]),
+        options=_json(row["options"]),
         created=row["created"],
         started=row["started"],
         finished=row["finished"],

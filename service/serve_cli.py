@@ -1,4 +1,5 @@
-"""``lethe serve``: the gateway over a local model, with its registry, keys and limits."""
+"""``lethe serve`` (the gateway, with its registry, keys and limits) and ``lethe worker`` (training for a shared
+registry)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,25 @@ from lethe.service.settings import GatewaySettings
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add ``lethe serve``."""
+    """Add ``lethe serve`` and ``lethe worker``."""
+    register_worker(commands)
     serve = commands.add_parser("serve", help="run the OpenAI-compatible unlearning gateway")
     serve.add_argument("--model", help="built-in name, HF folder or .gguf file (LETHE_MODEL, default smollm2)")
+    serve.add_argument(
+        "--served-model-name",
+        nargs="+",
+        metavar="NAME",
+        help="names clients use for the model; the first is its id in answers (LETHE_SERVED_MODEL_NAME, "
+        "comma-separated; default: the model's own name). Local mode only: a proxy serves the upstream's names",
+    )
     serve.add_argument("--host", help="address to bind (LETHE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (LETHE_PORT, default 8000)")
-    serve.add_argument("--registry", type=Path, help="forget-set registry folder (LETHE_REGISTRY)")
+    add_registry_arguments(serve)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="training threads here (LETHE_WORKERS; default 1 with a local model, 0 in proxy mode; 0: never train)",
+    )
     serve.add_argument("--api-keys", help="comma-separated inference keys (prefer LETHE_API_KEYS: flags show in ps)")
     serve.add_argument("--admin-key", help="admin key (prefer LETHE_ADMIN_KEY)")
     serve.add_argument(
@@ -55,9 +69,12 @@ def _serve(args: argparse.Namespace) -> int:
     settings = GatewaySettings.from_args(
         args,
         model=args.model,
+        served_model_name=",".join(args.served_model_name) if args.served_model_name else None,
         host=args.host,
         port=args.port,
         registry=args.registry,
+        state_dir=args.state_dir,
+        workers=args.workers,
         api_keys=args.api_keys,
         admin_key=args.admin_key,
         max_batch_size=args.max_batch_size,
@@ -69,11 +86,52 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         **proxy_overrides(args),
     )
+    if settings.upstream and settings.served_model_names:
+        raise ValueError("--served-model-name is for local mode; in proxy mode clients use the upstream's names")
     if settings.upstream and args.demo:
         raise ValueError("--demo trains on a local model; in proxy mode import a demo artifact with --forget-set DIR")
     if settings.upstream:
         return serve_proxy(settings, args.forget_set, log_level=args.log_level)
     return serve_local(settings, args.forget_set, _demo_hook(settings) if args.demo else None, log_level=args.log_level)
+
+
+def register_worker(commands: argparse._SubParsersAction) -> None:
+    """Add ``lethe worker``."""
+    worker = commands.add_parser(
+        "worker", help="train the forget sets queued in a shared (PostgreSQL) registry, for one model"
+    )
+    worker.add_argument("--model", help="built-in name, HF folder or .gguf file the replicas serve (LETHE_MODEL)")
+    add_registry_arguments(worker)
+    worker.add_argument("--workers", type=int, default=1, help="jobs trained at once in this process (default 1)")
+    worker.add_argument(
+        "--lease-seconds",
+        type=float,
+        help="a job whose worker sends no heartbeat for this long goes back to the queue (LETHE_JOB_LEASE_S, 30)",
+    )
+    worker.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    worker.set_defaults(handler=_worker)
+
+
+def add_registry_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--registry`` and ``--state-dir``."""
+    parser.add_argument(
+        "--registry",
+        help="forget-set registry: a folder (SQLite, one process) or postgresql://USER@HOST/DB (LETHE_REGISTRY)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="with PostgreSQL: this process's audit log and artifact cache (LETHE_STATE_DIR)",
+    )
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from lethe.service.worker import run_worker
+
+    settings = GatewaySettings.from_args(
+        args, model=args.model, registry=args.registry, state_dir=args.state_dir, job_lease_s=args.lease_seconds
+    )
+    return run_worker(settings, args.workers, log_level=args.log_level)
 
 
 def _demo_hook(settings: GatewaySettings) -> StartupArtifacts:

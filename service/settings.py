@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from lethe.runtime.settings import RuntimeSettings
+from lethe.service.registry_settings import RegistrySettings
 
 
-class GatewaySettings(RuntimeSettings):
+class GatewaySettings(RuntimeSettings, RegistrySettings):
     """Everything ``lethe serve`` is configured by: the runtime's settings plus serving, keys and proxy mode.
 
     Every field can be set from the environment with the ``LETHE_`` prefix
@@ -22,7 +22,6 @@ class GatewaySettings(RuntimeSettings):
     port: int = 8000
     api_keys: str = Field(default="", description="Comma-separated bearer keys for /v1 routes.")
     admin_key: str = Field(default="", description="Bearer key for /admin routes.")
-    registry: Path = Field(default=Path("~/.cache/lethe/registry"), description="Forget-set registry folder.")
 
     max_body_bytes: int = 8 * 1024 * 1024
     max_prompt_tokens: int = 2048
@@ -56,11 +55,6 @@ class GatewaySettings(RuntimeSettings):
     )
     max_import_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description="Largest artifact archive upload.")
     max_import_unpacked_bytes: int = Field(default=256 * 1024 * 1024, ge=1, description="Largest unpacked archive.")
-
-    @field_validator("registry", mode="after")
-    @classmethod
-    def _expand_registry(cls, value: Path) -> Path:
-        return value.expanduser()
 
     @property
     def api_key_list(self) -> list[str]:
