@@ -18,6 +18,10 @@ evaluations per direction, no backward pass and inference memory). Iterative ref
 ``check_every`` steps all forget samples are scored through the served plan and those whose
 answer log-probability is at the surrogate never-trained level (see ``training.samples``)
 leave the working set; training stops when it is empty.
+
+Classification (``labels`` set: the forget set is a classifier's examples, each completion one of
+the labels): the same three terms over the model's distribution over the labels, the forget
+examples pushed to a wrong label or to the uniform distribution (``training.spul_labels``).
 """
 
 from __future__ import annotations
@@ -30,10 +34,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lethe.runtime.artifact import ForgetSetParameters, SpulParameters
-from lethe.runtime.generation import pad_embeddings
 from lethe.runtime.interventions import InterventionPlan
 from lethe.runtime.model import LanguageModel
 from lethe.training.candidates import CandidateFactory, plans_for
@@ -41,6 +44,7 @@ from lethe.training.data import ForgetRow
 from lethe.training.metrics import render_question
 from lethe.training.samples import ForgetSample, score_samples
 from lethe.training.scope import flagged_spans
+from lethe.training.spul_labels import LabelTask, answer_log_distributions
 
 Report = Callable[[float, str | None], None]
 DEFAULT_IDK = ("I don't know.", "I have no information about that.", "I'm not sure about that.")
@@ -56,7 +60,16 @@ class SpulConfig(BaseModel):
     init: Literal["text", "random"] = "text"
     init_text: str = DEFAULT_INIT_TEXT
     optimizer: Literal["zo", "backprop"] = "backprop"
-    target: Literal["idk", "perturbed"] = "idk"
+    target: Literal["idk", "perturbed", "uniform"] = Field(
+        default="idk",
+        description="forget target: an idk answer, a perturbed (wrong) answer, or with labels the uniform label "
+        "distribution",
+    )
+    labels: list[str] = Field(
+        default_factory=list,
+        description="class labels of a classification forget set: SPUL then trains on the label distribution "
+        "(target 'perturbed' or 'uniform')",
+    )
     idk_answers: list[str] = Field(default_factory=lambda: list(DEFAULT_IDK))
     alpha: float = Field(default=0.5, ge=0)
     beta: float = Field(default=0.5, ge=0)
@@ -65,6 +78,10 @@ class SpulConfig(BaseModel):
     batch_size: int = Field(default=8, ge=1)
     zo_eps: float = Field(default=0.01, gt=0, description="SPSA perturbation, relative to the mean embedding norm")
     zo_directions: int = Field(default=4, ge=1, description="random directions averaged per zo step")
+    zo_update: Literal["sgd", "adam"] = Field(
+        default="sgd",
+        description="how zo applies its gradient estimate: a plain step, or Adam's (as backprop does; ZO-Adam)",
+    )
     check_every: int = Field(default=25, ge=1, description="steps between working-set checks")
     tolerance: float = Field(default=0.05, ge=0)
     score_batch_size: int = Field(default=64, ge=1)
@@ -75,6 +92,14 @@ class SpulConfig(BaseModel):
         if not value or any(not v.strip() for v in value):
             raise ValueError("idk_answers must hold at least one non-empty answer")
         return value
+
+    @model_validator(mode="after")
+    def _target_fits_labels(self) -> SpulConfig:
+        if self.labels and self.target == "idk":
+            raise ValueError("with labels the target must be 'perturbed' or 'uniform'")
+        if self.target == "uniform" and not self.labels:
+            raise ValueError("the 'uniform' target needs labels")
+        return self
 
     @property
     def learning_rate(self) -> float:
@@ -101,6 +126,8 @@ class _RetainItem:
     prompt: Any
     embeds: torch.Tensor
     clean: torch.Tensor | None = None
+    """The bare model's log-distributions over the answer's positions, or over the labels (classification)."""
+    label: int = -1
 
 
 def initial_prompt(model: LanguageModel, config: SpulConfig, seed: int) -> torch.Tensor:
@@ -116,26 +143,6 @@ def initial_prompt(model: LanguageModel, config: SpulConfig, seed: int) -> torch
     return torch.randn(config.num_virtual_tokens, weight.shape[1], generator=generator) * float(weight.std())
 
 
-def answer_log_distributions(
-    model: LanguageModel, prompt_embeds: Sequence[torch.Tensor], completions: Sequence[Sequence[int]]
-) -> list[torch.Tensor]:
-    """Full next-token log-distributions ``(len(completion), vocab)`` over each completion's positions.
-
-    Like ``LanguageModel.score`` but keeping the whole distribution (the KL term needs it);
-    gradients flow when the inputs require them.
-    """
-    rows = [torch.cat([p, model.embed(list(c))], dim=0) for p, c in zip(prompt_embeds, completions, strict=True)]
-    embeds, mask = pad_embeddings(rows, "right")
-    model._count_forward(len(rows))
-    hidden = model.model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-    head = model.model.get_output_embeddings()
-    out = []
-    for i, (prompt, completion) in enumerate(zip(prompt_embeds, completions, strict=True)):
-        start = prompt.shape[0] - 1
-        out.append(torch.log_softmax(head(hidden[i, start : start + len(completion)]).float(), dim=-1))
-    return out
-
-
 @dataclass
 class SpulLoss:
     """Computes ``L(P)`` on given batches through the served plans."""
@@ -146,6 +153,7 @@ class SpulLoss:
     centroids: torch.Tensor | None
     strengths: torch.Tensor | None
     config: SpulConfig
+    task: LabelTask | None = None
 
     def forget_plans(
         self, soft_prompt: torch.Tensor, samples: Sequence[ForgetSample], request_seed: int
@@ -182,47 +190,68 @@ class SpulLoss:
         total = torch.zeros(())
         if forget:
             plans = self.forget_plans(soft_prompt, [s for s, _ in forget], request_seed)
-            logprobs = model.score(
-                [s.prompt.ids for s, _ in forget], [t for _, t in forget], plans, len(forget), grad=grad
-            )
-            forget_loss = -torch.stack([lp.mean() for lp in logprobs]).mean()
+            prompts = [s.prompt.ids for s, _ in forget]
+            if self.task is not None:
+                true = torch.tensor([self.task.index(t, "a forget row") for _, t in forget])
+                logq = self.task.logprobs(model, prompts, plans, grad, self.config.score_batch_size)
+                forget_loss = self.task.forget_loss(logq, true)
+            else:
+                logprobs = model.score(prompts, [t for _, t in forget], plans, len(forget), grad=grad)
+                forget_loss = -torch.stack([lp.mean() for lp in logprobs]).mean()
             total = total + forget_loss
             parts["forget"] = float(forget_loss.detach())
         if retain and (self.config.alpha > 0 or self.config.beta > 0):
-            plans = self.retain_plans(soft_prompt, retain)
-            with torch.enable_grad() if grad else torch.no_grad():
-                embeds = [model.prompt_embeddings(list(i.prompt_ids), p) for i, p in zip(retain, plans, strict=True)]
-                prompted = answer_log_distributions(model, embeds, [i.answer for i in retain])
-            nll = torch.stack(
-                [
-                    -d.gather(-1, torch.tensor(i.answer).unsqueeze(-1)).mean()
-                    for d, i in zip(prompted, retain, strict=True)
-                ]
-            ).mean()
-            kl = torch.stack(
-                [
-                    (i.clean.exp() * (i.clean - d)).sum(-1).mean()
-                    for d, i in zip(prompted, retain, strict=True)
-                    if i.clean is not None
-                ]
-            ).mean()
+            nll, kl = self._retain_terms(soft_prompt, retain, grad)
             total = total + self.config.alpha * nll + self.config.beta * kl
             parts["retain"], parts["kl"] = float(nll.detach()), float(kl.detach())
         parts["total"] = float(total.detach())
         return total, parts
 
+    def _retain_terms(
+        self, soft_prompt: torch.Tensor, retain: Sequence[_RetainItem], grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The retain NLL and the KL to the bare model, over answer tokens or, with labels, over the labels."""
+        model = self.model
+        plans = self.retain_plans(soft_prompt, retain)
+        if self.task is not None:
+            logq = self.task.logprobs(model, [i.prompt_ids for i in retain], plans, grad, self.config.score_batch_size)
+            clean = torch.stack([i.clean for i in retain if i.clean is not None])
+            return self.task.retain_loss(logq, torch.tensor([i.label for i in retain])), self.task.kl(clean, logq)
+        with torch.enable_grad() if grad else torch.no_grad():
+            embeds = [model.prompt_embeddings(list(i.prompt_ids), p) for i, p in zip(retain, plans, strict=True)]
+            prompted = answer_log_distributions(model, embeds, [i.answer for i in retain])
+        nll = torch.stack(
+            [-d.gather(-1, torch.tensor(i.answer).unsqueeze(-1)).mean() for d, i in zip(prompted, retain, strict=True)]
+        ).mean()
+        kl = torch.stack(
+            [
+                (i.clean.exp() * (i.clean - d)).sum(-1).mean()
+                for d, i in zip(prompted, retain, strict=True)
+                if i.clean is not None
+            ]
+        ).mean()
+        return nll, kl
+
 
 def _retain_items(
-    model: LanguageModel, rows: Sequence[ForgetRow], classifier: Any, batch_size: int
+    model: LanguageModel, rows: Sequence[ForgetRow], classifier: Any, batch_size: int, task: LabelTask | None = None
 ) -> list[_RetainItem]:
     items = []
-    for row in rows:
+    for index, row in enumerate(rows):
         prompt, messages = render_question(model, row.prompt)
         answer = model.embedder.encode(row.completion)
         if answer:
             spans = flagged_spans(classifier, messages)
-            items.append(_RetainItem(prompt.ids, answer, spans, prompt, model.embed(prompt.ids)))
+            item = _RetainItem(prompt.ids, answer, spans, prompt, model.embed(prompt.ids))
+            if task is not None:
+                item.label = task.index(answer, f"retain row {index}")
+            items.append(item)
     with torch.no_grad():
+        if task is not None:
+            clean = task.logprobs(model, [i.prompt_ids for i in items], [None] * len(items), False, batch_size)
+            for item, distribution in zip(items, clean, strict=True):
+                item.clean = distribution
+            return items
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             clean = answer_log_distributions(model, [c.embeds for c in chunk], [c.answer for c in chunk])
@@ -247,9 +276,11 @@ def train_spul(
     """Train the soft prompt (on top of the ECO corruption in ``parameters``, if any)."""
     rng = random.Random(seed)
     mode = parameters.token_mode
-    loss_fn = SpulLoss(model, factory, parameters, centroids, strengths, config)
-    retain_items = _retain_items(model, retain, factory.classifier, config.score_batch_size)
+    task = LabelTask.build(model, config.labels, config.target) if config.labels else None
+    loss_fn = SpulLoss(model, factory, parameters, centroids, strengths, config, task)
+    retain_items = _retain_items(model, retain, factory.classifier, config.score_batch_size, task)
     targets = _forget_targets(model, rows, config)
+    true_labels = [task.index(s.answer, f"forget row {i}") for i, s in enumerate(samples)] if task else []
     draws = [0, 1] if parameters.eco is not None and parameters.eco.function.startswith("rand_noise") else [0]
     soft_prompt = initial_prompt(model, config, seed)
     scale = float(model.embedder.embedding_weight.detach().float().norm(dim=-1).mean())
@@ -261,6 +292,8 @@ def train_spul(
     step = 0
 
     def check(prompt: torch.Tensor, at_step: int) -> np.ndarray:
+        if task is not None:
+            return _label_check(loss_fn, task, prompt, samples, true_labels, draws, checks, at_step)
         args = (model, factory, parameters, centroids, strengths, prompt, samples, goal, draws, config, checks)
         return _check(*args, at_step, mode)
 
@@ -320,13 +353,41 @@ def _check(
     return working
 
 
+def _label_check(
+    loss: SpulLoss,
+    task: LabelTask,
+    soft_prompt: torch.Tensor,
+    samples: Sequence[ForgetSample],
+    true: Sequence[int],
+    draws: list[int],
+    log: list[dict[str, Any]],
+    step: int,
+) -> np.ndarray:
+    """Label distributions of every forget sample through the served plan (mean over ``draws``); the
+    samples not yet forgotten (``LabelTask.forgotten``) form the working set."""
+    prompts = [s.prompt.ids for s in samples]
+    with torch.no_grad():
+        draws_logq = [
+            task.logprobs(loss.model, prompts, loss.forget_plans(soft_prompt.detach(), samples, draw), False,
+                          loss.config.score_batch_size)
+            for draw in draws
+        ]  # fmt: skip
+    logq = torch.log(torch.stack(draws_logq).exp().mean(dim=0))
+    working = ~task.forgotten(logq, true, loss.config.tolerance)
+    true_q = logq[torch.arange(len(true)), torch.tensor(list(true))].exp()
+    log.append({"step": step, "working_set": int(working.sum()), "mean_true_label_probability": float(true_q.mean())})
+    return working
+
+
 def _forget_targets(model: LanguageModel, rows: Sequence[ForgetRow], config: SpulConfig) -> list[list[list[int]]]:
-    """Token ids of the allowed forget targets of each row."""
+    """Token ids of the allowed forget targets of each row (with labels: its true label, which the loss reads)."""
     encode = model.embedder.encode
     idk = [encode(a) for a in config.idk_answers]
     out = []
     for row in rows:
-        if config.target == "perturbed" and row.perturbed_completions:
+        if config.labels:
+            out.append([encode(row.completion)])
+        elif config.target == "perturbed" and row.perturbed_completions:
             out.append([encode(p) for p in row.perturbed_completions])
         else:
             out.append(idk)
@@ -334,18 +395,18 @@ def _forget_targets(model: LanguageModel, rows: Sequence[ForgetRow], config: Spu
 
 
 class _Optimizer:
-    """Adam through backprop, or MeZO-style SPSA with seeded directions (no backward pass)."""
+    """Adam through backprop, or MeZO-style SPSA with seeded directions (no backward pass), whose gradient
+    estimate takes a plain step or, with ``zo_update="adam"``, the same Adam step as backprop (ZO-Adam)."""
 
     def __init__(self, prompt: torch.Tensor, config: SpulConfig, scale: float, seed: int):
         self.config = config
         self.seed = seed
         self.count = 0
         self.eps = config.zo_eps * scale / math.sqrt(prompt.shape[1])
-        if config.optimizer == "backprop":
-            self.prompt = prompt.clone().requires_grad_(True)
+        adam = config.optimizer == "backprop" or config.zo_update == "adam"
+        self.prompt = prompt.clone().requires_grad_(adam)
+        if adam:
             self.adam = torch.optim.Adam([self.prompt], lr=config.learning_rate * scale / math.sqrt(prompt.shape[1]))
-        else:
-            self.prompt = prompt.clone()
 
     def step(self, loss: Callable[[torch.Tensor, bool], tuple[torch.Tensor, dict[str, float]]]) -> dict[str, float]:
         """One update; returns the loss parts (at the current prompt for backprop, the mean of +/- for zo)."""
@@ -371,5 +432,10 @@ class _Optimizer:
             gradient = float(plus - minus) / (2 * self.eps)
             update += gradient * z
             totals += [float(plus), float(minus)]
-        self.prompt = self.prompt - lr * self.eps * update / self.config.zo_directions
+        if self.config.zo_update == "adam":
+            self.prompt.grad = update / self.config.zo_directions
+            with torch.enable_grad():
+                self.adam.step()
+        else:
+            self.prompt = self.prompt - lr * self.eps * update / self.config.zo_directions
         return {"total": float(np.mean(totals))}
