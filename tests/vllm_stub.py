@@ -228,6 +228,7 @@ class Recorded:
     path: str
     body: dict[str, Any]
     headers: dict[str, str]
+    raw: bytes = b""
     sampling: list[SamplingParams] = field(default_factory=list)
     embeds_dtypes: list[torch.dtype] = field(default_factory=list)
 
@@ -291,8 +292,9 @@ class VllmStub:
         return app
 
     async def _serve(self, request: Request, handler: Any) -> Any:
-        body = json.loads(await request.body())
-        recorded = Recorded(request.url.path, body, dict(request.headers))
+        raw = await request.body()
+        body = json.loads(raw)
+        recorded = Recorded(request.url.path, body, dict(request.headers), raw)
         self.requests.append(recorded)
         try:
             return await handler(body, recorded, request.headers.get("x-request-id"))
