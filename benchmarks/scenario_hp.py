@@ -1,13 +1,13 @@
 """Scenario 2: forget Harry Potter on SmolLM2-135M-Instruct, keep general knowledge.
 
-Forget set (the same for every method, so they compare on equal data), built from the probes:
-the questions of ``benchmarks/probes/harry_potter.jsonl`` with even index are the forget prompts
-and the base model's own greedy answers their completions (what the model reveals it knows); the general
-probes with even index, answered the same way, are the retain rows. Probes with odd index are
-never given to a trainer and are the evaluation: ``forget_keyword_rate`` is the share of held-out
-Harry Potter answers that still name the expected keyword (Rowling, Hogwarts, ...), and
-``general_keyword_rate`` the same on every general probe (utility). ``forget_rouge`` /
-``retain_rouge`` compare answers with the base model's answers (how much of them survives).
+Training data (the same for every method, so they compare on equal data): the project's own probes,
+``benchmarks/probes/harry_potter.jsonl`` (forget prompts) and ``general.jsonl`` (retain prompts), with the
+base model's own greedy answers as completions (what the model reveals it knows). Evaluation is on the
+held-out probes no method or builder ever read (``benchmarks/probes/heldout/hp_test.jsonl`` and
+``general_test.jsonl``, written independently): ``forget_keyword_rate`` is the share of held-out Harry
+Potter answers that still name an expected keyword (Rowling, Hogwarts, ...), ``general_keyword_rate``
+the same on the held-out general questions (utility). ``forget_rouge`` / ``retain_rouge`` compare
+answers with the base model's answers (how much of them survives).
 """
 
 from __future__ import annotations
@@ -46,22 +46,29 @@ def hp_budget(quick: bool) -> tuple[Budget, dict[str, Any]]:
     return budget, {"answer_tokens": 32}
 
 
+def _single_turn(row: dict[str, Any]) -> dict[str, Any]:
+    """A held-out probe row as ``{"prompt", "keywords", "kind"}`` (its last user message)."""
+    return {"prompt": row["messages"][-1]["content"], "keywords": row.get("keywords", []), "kind": row.get("kind")}
+
+
 def run_harry_potter(
     model: LanguageModel, budget: Budget, sizes: dict[str, Any], seed: int, log: Log
 ) -> dict[str, Any]:
     """Run scenario 2 on ``model``; returns ``{"methods": ..., "meta": ...}``."""
-    hp, general = load_probe("harry_potter"), load_probe("general")
+    hp, general_train = load_probe("harry_potter"), load_probe("general")
+    eval_hp = [_single_turn(p) for p in load_probe("hp_test") if len(p["messages"]) == 1]
+    general = [_single_turn(p) for p in load_probe("general_test")]
     tokens = int(sizes["answer_tokens"])
     base = System("base", EvalTarget(model))
     log("[harry_potter] base answers")
     hp_answers = base.answers([p["prompt"] for p in hp], tokens)
+    retain_answers = base.answers([p["prompt"] for p in general_train], tokens)
+    eval_hp_answers = base.answers([p["prompt"] for p in eval_hp], tokens)
     general_answers = base.answers([p["prompt"] for p in general], tokens)
-    source = "probes (even-index questions, base model's own answers)"
-    forget = [ForgetRow(prompt=p["prompt"], completion=a) for p, a in zip(hp, hp_answers, strict=True)][::2]
-    retain = [ForgetRow(prompt=p["prompt"], completion=a) for p, a in zip(general, general_answers, strict=True)]
-    retain = retain[::2]
-    eval_hp = hp[1::2]
-    eval_hp_answers = hp_answers[1::2]
+    source = "the project's probes with the base model's own answers; evaluation on the held-out probes"
+    forget = [ForgetRow(prompt=p["prompt"], completion=a) for p, a in zip(hp, hp_answers, strict=True)]
+    retain = [ForgetRow(prompt=p["prompt"], completion=a)
+              for p, a in zip(general_train, retain_answers, strict=True)]  # fmt: skip
     instruction = (
         "You have forgotten everything about Harry Potter: the books, the films, the characters, the author and "
         "the places. If a question is about Harry Potter, answer that you do not know."
@@ -88,8 +95,8 @@ def run_harry_potter(
         "data_sizes": {
             "forget_train": len(forget),
             "retain_train": len(retain),
-            "hp_eval_probes": len(eval_hp),
-            "general_probes": len(general),
+            "hp_eval_probes (held out, single-turn)": len(eval_hp),
+            "general_probes (held out)": len(general),
         },
         "answer_tokens": tokens,
     }
