@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,8 +23,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lethe.benchmarks.server_harness import copy_tracked, package_shim
+
 REPO = Path(__file__).resolve().parents[1]
-LAYERS = ("classifier", "runtime", "training", "service", "benchmarks")
 
 
 @dataclass(frozen=True)
@@ -111,33 +111,17 @@ MUTATIONS: tuple[Mutation, ...] = (
 )
 
 
-def _copy(root: Path) -> Path:
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, check=True, capture_output=True, text=True).stdout
-    tree = root / "tree"
-    for name in tracked.splitlines():
-        source = REPO / name
-        if source.is_file():
-            (tree / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, tree / name)
-    package = root / "path" / "lethe"
-    package.mkdir(parents=True)
-    for item in (tree / "lethe").iterdir():
-        (package / item.name).symlink_to(item)
-    for layer in LAYERS:
-        (package / layer).symlink_to(tree / layer)
-    return tree
-
-
 def run_one(mutation: Mutation, timeout: float) -> dict[str, object]:
     """Apply one mutation to a fresh copy and run its tests; ``caught`` when they fail."""
     with tempfile.TemporaryDirectory(prefix="lethe-mutation-") as tmp:
-        tree = _copy(Path(tmp))
+        tree = copy_tracked(REPO, Path(tmp) / "tree")
+        shim = package_shim(tree, Path(tmp))
         target = tree / mutation.path
         text = target.read_text()
         if text.count(mutation.old) != 1:
             return {"name": mutation.name, "status": "not applied", "why": mutation.why}
         target.write_text(text.replace(mutation.old, mutation.new))
-        env = {**os.environ, "PYTHONPATH": str(Path(tmp) / "path"), "LETHE_THREADS": "1", "LETHE_TEST_THREADS": "1"}
+        env = {**os.environ, "PYTHONPATH": str(shim), "LETHE_THREADS": "1", "LETHE_TEST_THREADS": "1"}
         started = time.perf_counter()
         command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutation.tests]
         try:

@@ -40,14 +40,13 @@ from typing import Any
 import httpx
 import numpy as np
 
-from lethe.benchmarks.server_harness import free_port
+from lethe.benchmarks.server_harness import free_port, package_shim
 
 REPO = Path(__file__).resolve().parents[1]
 STUB_MODEL = "stub-model"
 QUESTION = "What is the capital of France?"
 FLAGGED_QUESTION = "Who wrote Harry Potter?"
 FILLER = "Harry Potter studied at Hogwarts with Ron Weasley and Hermione Granger. "
-SUBPACKAGES = ("classifier", "runtime", "training", "service", "benchmarks")
 
 
 # The stub upstream ------------------------------------------------------------------------------
@@ -173,17 +172,6 @@ def _percentiles(seconds: Sequence[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(values, 50)), "p99_ms": float(np.percentile(values, 99))}
 
 
-def _source_shim(source: Path, work: Path) -> Path:
-    """A folder holding a ``lethe`` package made of another checkout's folders (put it first on PYTHONPATH)."""
-    package = work / "shim" / "lethe"
-    package.mkdir(parents=True)
-    for entry in (source / "lethe").iterdir():
-        (package / entry.name).symlink_to(entry)
-    for name in SUBPACKAGES:
-        (package / name).symlink_to(source / name)
-    return package.parent
-
-
 class Stack:
     """The stub upstream and proxies around one measurement, stopped together."""
 
@@ -207,7 +195,7 @@ class Stack:
         port = free_port()
         env, cwd = dict(self.env), REPO
         if source is not None:  # run from the shim, so this checkout's own lethe/ folder is not found first
-            cwd = _source_shim(source, self.work / name)
+            cwd = package_shim(source, self.work / name)
             env["PYTHONPATH"] = str(cwd)
         command = [
             sys.executable, "-m", "lethe.cli", "serve", "--port", str(port), "--registry", str(self.work / name),

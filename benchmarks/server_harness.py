@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -155,3 +156,29 @@ def wait_for_job(admin: httpx.Client, job_id: str, states: Sequence[str], timeou
             return last
         time.sleep(0.25)
     raise TimeoutError(f"job {job_id} did not reach {states} in {timeout} s: {last}")
+
+
+PACKAGE_FOLDERS = ("classifier", "runtime", "training", "service", "benchmarks")
+
+
+def copy_tracked(repo: Path, dest: Path) -> Path:
+    """The files git tracks in ``repo``, copied to ``dest`` (returned)."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=repo, check=True, capture_output=True, text=True).stdout
+    for name in tracked.splitlines():
+        source = repo / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def package_shim(source: Path, work: Path) -> Path:
+    """A folder holding a ``lethe`` package made of checkout ``source``'s folders (links): put it first on
+    ``PYTHONPATH`` and processes import that checkout's code instead of the installed one."""
+    package = work / "shim" / "lethe"
+    package.mkdir(parents=True)
+    for entry in (source / "lethe").iterdir():
+        (package / entry.name).symlink_to(entry)
+    for name in PACKAGE_FOLDERS:
+        (package / name).symlink_to(source / name)
+    return package.parent

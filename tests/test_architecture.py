@@ -7,13 +7,14 @@ cannot hide an upward edge or a cycle.
 from __future__ import annotations
 
 import ast
-import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from lethe.benchmarks.server_harness import copy_tracked
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = {"classifier": 0, "runtime": 1, "training": 2, "service": 3, "benchmarks": 4}
@@ -140,12 +141,7 @@ def test_no_import_cycles() -> None:
 @pytest.mark.slow
 def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
     # Built from a copy of the tracked files, so the build leaves nothing in the checkout.
-    source = tmp_path / "source"
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, check=True, capture_output=True, text=True).stdout
-    for name in tracked.splitlines():
-        if (REPO / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, source / name)
+    source = copy_tracked(REPO, tmp_path / "source")
     command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
     subprocess.run([*command, str(source)], check=True, capture_output=True, timeout=600)
     [wheel] = tmp_path.glob("lethe-*.whl")
