@@ -61,12 +61,15 @@ class Delta:
 
 @dataclass(frozen=True)
 class Completion:
-    """A whole generated completion."""
+    """A whole generated completion; ``token_ids`` are the generated tokens (an end-of-sequence token that ended
+    it is not among them: ``ended_by_eos`` says so)."""
 
     text: str
     finish_reason: str
     completion_tokens: int
     stop_reason: str | int | None = None
+    token_ids: tuple[int, ...] = ()
+    ended_by_eos: bool = False
 
 
 @runtime_checkable
@@ -160,8 +163,10 @@ class LocalBackend:
         scoring_threads: int = 2,
         on_batch: Callable[[int], None] | None = None,
         generation_defaults: GenerationDefaults | None = None,
+        served_names: Sequence[str] = (),
     ):
         self.model = model
+        self.served_names = list(served_names) or [model.name]
         self.generation_defaults = generation_defaults or GenerationDefaults()
         self.batcher = MicroBatcher(
             model.decode_steps, max_batch_size, batch_window_s, max_pending, decode_workers, on_batch
@@ -178,8 +183,8 @@ class LocalBackend:
 
     @property
     def model_id(self) -> str:
-        """The name the model was loaded under."""
-        return self.model.name
+        """The model's first served name (by default the name it was loaded under)."""
+        return self.served_names[0]
 
     @property
     def context_length(self) -> int | None:
@@ -188,8 +193,8 @@ class LocalBackend:
         return int(value) if value else None
 
     def models(self) -> list[ModelCard]:
-        """The one local model."""
-        return [ModelCard(id=self.model_id, created=self._created)]
+        """The local model, once per served name (aliases, like vLLM's ``--served-model-name``)."""
+        return [ModelCard(id=name, created=self._created) for name in self.served_names]
 
     def start(self) -> None:
         """Start the decoding workers."""
@@ -251,7 +256,7 @@ class LocalBackend:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Completion] = loop.create_future()
         parts: list[str] = []
-        produced = 0
+        token_ids: list[int] = []
 
         def settle(value: Completion | BaseException) -> None:
             if done.done():
@@ -262,14 +267,19 @@ class LocalBackend:
                 done.set_result(value)
 
         def sink(item: StepEvent | BaseException) -> None:
-            nonlocal produced
             if isinstance(item, BaseException):
                 loop.call_soon_threadsafe(settle, item)
                 return
             parts.append(item.delta)
-            produced += item.token_id is not None
+            if item.token_id is not None:
+                token_ids.append(item.token_id)
             if item.finished:
-                loop.call_soon_threadsafe(settle, Completion("".join(parts), item.finish_reason or "stop", produced))
+                reason = item.finish_reason or "stop"
+                ended_by_eos = item.token_id is None and reason == "stop"
+                completion = Completion(
+                    "".join(parts), reason, len(token_ids), token_ids=tuple(token_ids), ended_by_eos=ended_by_eos
+                )
+                loop.call_soon_threadsafe(settle, completion)
 
         handle = self._submit(request, sink)
         try:

@@ -11,7 +11,7 @@ from fastapi import Request
 from lethe.runtime.artifact import ForgetSetArtifact
 from lethe.runtime.model import LanguageModel
 from lethe.runtime.screening import ForgetSetScreen
-from lethe.service.audit import AuditLog
+from lethe.service.audit import AuditHasher, AuditLog
 from lethe.service.auth import KeyChecker
 from lethe.service.backend import Backend, LocalBackend
 from lethe.service.forget_sets import ForgetSetManager
@@ -93,7 +93,9 @@ def build_gateway(
         keys=keys,
         metrics=metrics,
         audit=audit,
-        inference_audit=InferenceAudit(audit, metrics, backend.model_id),
+        inference_audit=InferenceAudit(
+            audit, metrics, backend.model_id, AuditHasher.for_registry(registry.root, settings.audit_key)
+        ),
         startup_artifacts=list(startup_artifacts),
     )
     metrics.bind_gauges(lambda: backend.load()[0], lambda: backend.load()[1])
@@ -122,6 +124,7 @@ def local_backend(model: LanguageModel, settings: GatewaySettings) -> LocalBacke
         decode_workers=settings.decode_workers,
         scoring_threads=max(1, settings.max_concurrency),
         generation_defaults=GenerationDefaults.from_folder(model.path),
+        served_names=settings.served_model_names,
     )
 
 

@@ -7,6 +7,7 @@ Proxy mode loads only the tokenizer, chat template, config and input-embedding m
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +20,21 @@ from lethe.service.settings import GatewaySettings, check_binding
 StartupArtifacts = Callable[[LanguageModel], Iterable[ForgetSetArtifact]]
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas (by default up to 8 per core, one per allocating thread, each keeping its freed
+    memory): the gateway's worker threads otherwise hold tens of MB apiece after a burst of distinct prompts.
+    False where the C library is not glibc."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
 def _prepare_process(settings: GatewaySettings, log_level: str) -> None:
+    limit_malloc_arenas()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for warning in check_binding(settings):
         print(f"lethe: warning: {warning}", file=sys.stderr, flush=True)

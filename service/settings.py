@@ -20,10 +20,18 @@ class GatewaySettings(RuntimeSettings, RegistrySettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    served_model_name: str = Field(
+        default="", description="Comma-separated names clients may use for the model (default: its own name)."
+    )
     api_keys: str = Field(default="", description="Comma-separated bearer keys for /v1 routes.")
     admin_key: str = Field(default="", description="Bearer key for /admin routes.")
+    audit_key: str = Field(
+        default="", description="Key of the audit log's prompt HMACs (default: <registry>/audit.key, made once)."
+    )
 
     max_body_bytes: int = 8 * 1024 * 1024
+    body_timeout_s: float = Field(default=60.0, gt=0, description="Longest time a client may take to send a body.")
+    uploads_per_client: int = Field(default=2, ge=1, description="Artifact uploads one client address may run at once.")
     max_prompt_tokens: int = 2048
     max_new_tokens: int = 512
     max_concurrency: int = 4
@@ -55,6 +63,11 @@ class GatewaySettings(RuntimeSettings, RegistrySettings):
     )
     max_import_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description="Largest artifact archive upload.")
     max_import_unpacked_bytes: int = Field(default=256 * 1024 * 1024, ge=1, description="Largest unpacked archive.")
+
+    @property
+    def served_model_names(self) -> list[str]:
+        """The names of ``--served-model-name``, in order (the first is the model's id), without empties."""
+        return [n.strip() for n in self.served_model_name.split(",") if n.strip()]
 
     @property
     def api_key_list(self) -> list[str]:
