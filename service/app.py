@@ -13,7 +13,8 @@ from lethe.service import admin_routes, import_routes, openai_routes, proxy_fast
 from lethe.service.batcher import Overloaded
 from lethe.service.errors import OVERLOADED, APIError, install_error_handlers
 from lethe.service.gateway import Gateway, gateway_of
-from lethe.service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from lethe.service.middleware import AdmissionLimits, AdmissionMiddleware, ErrorGuardMiddleware, MetricsMiddleware
+from lethe.service.openapi import install_openapi
 
 
 def create_app(gateway: Gateway) -> FastAPI:
@@ -36,6 +37,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     )
     app.state.gateway = gateway
     install_error_handlers(app)
+    install_openapi(app, [card.id for card in gateway.backend.models()], gateway.settings.max_new_tokens)
 
     @app.exception_handler(Overloaded)
     async def _overloaded(request: Request, exc: Overloaded) -> Response:
@@ -70,14 +72,19 @@ def create_app(gateway: Gateway) -> FastAPI:
         current.keys.check_admin(request)
         return Response(current.metrics.render(), media_type=current.metrics.content_type)
 
-    # The last added is the outermost: metrics see the body limit's 413s too, and proxy mode's fast path
-    # gets bodies already size-checked.
+    # The last added is the outermost: the guard sees every crash, metrics see admission's refusals too, and
+    # proxy mode's fast path gets bodies already admitted.
     if proxy_fast_path.serves(gateway):
         app.add_middleware(proxy_fast_path.ProxyFastPath, gateway=gateway)
-    app.add_middleware(
-        BodyLimitMiddleware,
-        max_bytes=gateway.settings.max_body_bytes,
-        path_limits={import_routes.IMPORT_PATH: gateway.settings.max_import_bytes},
+    settings = gateway.settings
+    limits = AdmissionLimits(
+        max_body_bytes=settings.max_body_bytes,
+        path_limits={import_routes.IMPORT_PATH: settings.max_import_bytes},
+        body_timeout_s=settings.body_timeout_s,
+        upload_paths=frozenset({import_routes.IMPORT_PATH}),
+        uploads_per_client=settings.uploads_per_client,
     )
+    app.add_middleware(AdmissionMiddleware, keys=gateway.keys, limits=limits)
     app.add_middleware(MetricsMiddleware, metrics=gateway.metrics)
+    app.add_middleware(ErrorGuardMiddleware)
     return app

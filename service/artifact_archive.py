@@ -5,7 +5,12 @@ An upload is unpacked member by member into a fresh folder, never with ``extract
 - names are relative, use ``/``, have no ``..``, no empty or hidden parts, and are unique;
 - files end in ``.json`` or ``.safetensors`` (nothing pickled can come in);
 - sizes are capped per archive (compressed, by the caller) and in total once unpacked, counted
-  on the bytes actually written, so a lying header or a compression bomb stops early.
+  on the bytes actually written, so a lying header or a compression bomb stops early;
+- reading is bounded too: a tar header extension (GNU long name or link, pax records) larger than
+  ``MAX_HEADER_BYTES`` is refused before it is read, and sparse members are refused, so a small
+  archive cannot make the reader hold a gigabyte-long name in memory;
+- zip members whose mode has no file-type bits (what Python's ``ZipFile.writestr`` and many
+  writers produce) are regular files; a symlink or device type is refused.
 
 The artifact may sit at the archive's root or in one top-level folder.
 """
@@ -27,7 +32,11 @@ from lethe.runtime.artifact import MANIFEST
 ALLOWED_SUFFIXES = (".json", ".safetensors")
 MAX_MEMBERS = 64
 MAX_DEPTH = 4
+MAX_HEADER_BYTES = 64 * 1024
 _CHUNK = 1 << 16
+_EXTENSION_TYPES = (
+    tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE
+)  # fmt: skip
 
 
 class ArchiveError(ValueError):
@@ -70,6 +79,17 @@ def _safe_name(name: str) -> str:
     return "/".join(parts)
 
 
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar header that refuses, before reading them, oversized header extensions and sparse members."""
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        if self.type in _EXTENSION_TYPES and self.size > MAX_HEADER_BYTES:
+            raise ArchiveError(f"a tar header extension is larger than {MAX_HEADER_BYTES} bytes")
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise ArchiveError("sparse tar members are not accepted")
+        return super()._proc_member(archive)  # type: ignore[misc]
+
+
 def _tar_members(archive: tarfile.TarFile) -> Iterator[tuple[_Member, IO[bytes] | None]]:
     for count, info in enumerate(archive, start=1):
         if count > MAX_MEMBERS:
@@ -87,8 +107,8 @@ def _zip_members(archive: zipfile.ZipFile) -> Iterator[tuple[_Member, IO[bytes] 
     if len(infos) > MAX_MEMBERS:
         raise ArchiveError(f"the archive has more than {MAX_MEMBERS} members")
     for info in infos:
-        mode = info.external_attr >> 16
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = stat.S_IFMT(info.external_attr >> 16)
+        if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
             raise ArchiveError("the archive holds a link or special file; only regular files are accepted")
         if info.flag_bits & 0x1:
             raise ArchiveError("encrypted archive members are not accepted")
@@ -103,7 +123,7 @@ def unpack_archive(data: bytes, target: Path, max_unpacked: int) -> Path:
     target = Path(target)
     try:
         if data[:2] == b"\x1f\x8b":
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz", tarinfo=_BoundedTarInfo) as archive:
                 _extract(_tar_members(archive), target, max_unpacked)
         elif data[:4] == b"PK\x03\x04":
             with zipfile.ZipFile(io.BytesIO(data)) as archive:

@@ -1,16 +1,23 @@
 """The audit log: one JSON line per inference request and admin action.
 
-It records a prompt's SHA-256, never its text, with the forget sets that flagged it, token
-counts and latency. Lines go to a file (appended and flushed under a lock) and to the
-``lethe.audit`` logger.
+It records a prompt's keyed hash (HMAC-SHA256 under the server's audit key), never its text,
+with the forget sets that flagged it, token counts and latency. A plain hash would let anyone who
+reads the log and can guess a prompt confirm it was sent; the key makes that take the key too.
+The key is ``LETHE_AUDIT_KEY`` or, by default, a random one the server writes once to
+``<registry>/audit.key`` (mode 0600); the operator rotates it by replacing either and restarting.
+Each line names the key it was hashed under by ``audit_key_id``. Lines go to a file (appended and
+flushed under a lock) and to the ``lethe.audit`` logger.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 import logging
+import os
+import secrets
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,16 +27,48 @@ import torch
 logger = logging.getLogger("lethe.audit")
 
 
-def sha256_text(text: str) -> str:
-    """Hex SHA-256 of a text's UTF-8 bytes (``prompt_sha256``: the rendered prompt's text)."""
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+AUDIT_KEY_FILE = "audit.key"
 
 
-def sha256_tensor(tensor: torch.Tensor) -> str:
-    """Hex SHA-256 of an embeddings prompt, its float32 bytes and shape (``embeds_sha256``)."""
-    digest = hashlib.sha256(repr(tuple(tensor.shape)).encode())
-    digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()
+class AuditHasher:
+    """HMAC-SHA256 of prompts, tensors and bodies under the server's audit key."""
+
+    def __init__(self, key: bytes):
+        if len(key) < 16:
+            raise ValueError("the audit key must be at least 16 bytes")
+        self._key = key
+        self.key_id = hmac.new(key, b"lethe-audit-key-id", hashlib.sha256).hexdigest()[:16]
+
+    @classmethod
+    def for_registry(cls, root: Path, configured: str = "") -> AuditHasher:
+        """The configured key, else ``root/audit.key`` (32 random bytes written at first use, mode 0600)."""
+        if configured:
+            return cls(configured.encode())
+        path = Path(root) / AUDIT_KEY_FILE
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass  # another process wrote it first
+            else:
+                with os.fdopen(fd, "w") as out:
+                    out.write(secrets.token_hex(32) + "\n")
+        return cls(bytes.fromhex(path.read_text().strip()))
+
+    def text(self, text: str) -> str:
+        """Hex HMAC of a text's UTF-8 bytes (``prompt_hmac``: the rendered prompt's text)."""
+        return self.bytes(text.encode("utf-8", "surrogatepass"))
+
+    def tensor(self, tensor: torch.Tensor) -> str:
+        """Hex HMAC of an embeddings prompt, its shape and float32 bytes (``embeds_hmac``)."""
+        digest = hmac.new(self._key, repr(tuple(tensor.shape)).encode(), hashlib.sha256)
+        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def bytes(self, raw: bytes) -> str:
+        """Hex HMAC of raw bytes (``body_hmac``: a forwarded body as sent)."""
+        return hmac.new(self._key, raw, hashlib.sha256).hexdigest()
 
 
 class AuditLog:

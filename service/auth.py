@@ -9,12 +9,32 @@ A valid key of the other kind is a 403, an unknown or missing key a 401.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-from fastapi import Request
+from typing import Literal, Protocol
 
 from lethe.service.errors import AUTHENTICATION, PERMISSION, APIError
+
+KeyKind = Literal["inference", "admin"]
+# Routes of the inference key besides ``/v1``: vLLM's tokenizer endpoints.
+INFERENCE_PATHS = ("/tokenize", "/detokenize", "/tokenizer_info")
+
+
+class HasHeaders(Protocol):
+    """A request, or anything else with its headers (the ASGI layers check keys before a body is read)."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+def key_kind(path: str) -> KeyKind | None:
+    """Which key a path needs: ``/v1`` and the tokenizer endpoints the inference key, ``/admin`` and ``/metrics``
+    the admin key; health, readiness and the OpenAPI document none."""
+    if path.startswith("/v1/") or path == "/v1" or path in INFERENCE_PATHS:
+        return "inference"
+    if path.startswith("/admin/") or path == "/admin" or path == "/metrics":
+        return "admin"
+    return None
 
 
 def _matches(candidate: bytes, keys: Sequence[bytes]) -> bool:
@@ -25,7 +45,7 @@ def _matches(candidate: bytes, keys: Sequence[bytes]) -> bool:
     return found
 
 
-def bearer_token(request: Request) -> str | None:
+def bearer_token(request: HasHeaders) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, if any."""
     header = request.headers.get("authorization")
     if not header:
@@ -53,7 +73,14 @@ class KeyChecker:
         """True when no key is configured at all."""
         return not self.api_keys and self.admin_key is None
 
-    def check_inference(self, request: Request) -> None:
+    def check(self, kind: KeyKind, request: HasHeaders) -> None:
+        """Raise a 401/403 unless the request carries a key of ``kind``."""
+        if kind == "admin":
+            self.check_admin(request)
+        else:
+            self.check_inference(request)
+
+    def check_inference(self, request: HasHeaders) -> None:
         """Raise a 401/403 unless the request may call the inference routes."""
         if not self.api_keys:
             return
@@ -66,7 +93,7 @@ class KeyChecker:
             )
         raise _unauthorized(token)
 
-    def check_admin(self, request: Request) -> None:
+    def check_admin(self, request: HasHeaders) -> None:
         """Raise a 401/403 unless the request may call the admin routes (and ``/metrics``)."""
         if self.open_mode:
             return
@@ -87,7 +114,7 @@ class KeyChecker:
         raise _unauthorized(token)
 
 
-def _token_bytes(request: Request) -> bytes | None:
+def _token_bytes(request: HasHeaders) -> bytes | None:
     token = bearer_token(request)
     return token.encode() if token is not None else None
 

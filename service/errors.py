@@ -171,7 +171,8 @@ _STATUS_TYPES = {
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Render every error (ours, routing, validation, crashes) as an OpenAI error body."""
+    """Render every error (ours, routing, validation) as an OpenAI error body; crashes are
+    ``service.middleware.ErrorGuardMiddleware``'s."""
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Response:
@@ -192,10 +193,3 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             message = str(exc.detail)
         return APIError(exc.status_code, message, kind, None, code, dict(exc.headers or {})).response()
-
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, exc: Exception) -> Response:
-        # Only the exception type at error level: a message could quote request content.
-        logger.error("internal error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-        logger.debug("internal error details", exc_info=exc)
-        return APIError(500, "The server had an internal error.", SERVER, None, "internal_error").response()

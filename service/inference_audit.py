@@ -1,18 +1,17 @@
 """The one writer of inference audit lines (and the token and latency metrics that go with them).
 
-Served requests get one line per prompt with ``prompt_sha256`` (SHA-256 of the rendered prompt's
-text) or ``embeds_sha256`` (of an uploaded tensor); requests proxy mode forwards unchanged get one
-line with ``body_sha256`` (of the body as sent), since they are never rendered here. No line holds
-prompt text.
+Served requests get one line per prompt with ``prompt_hmac`` (HMAC-SHA256 of the rendered prompt's
+text under the server's audit key, ``service.audit``) or ``embeds_hmac`` (of an uploaded tensor);
+requests proxy mode forwards unchanged get one line with ``body_hmac`` (of the body as sent), since
+they are never rendered here. Every line names its key by ``audit_key_id``. No line holds prompt text.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lethe.service.audit import AuditLog
+from lethe.service.audit import AuditHasher, AuditLog
 from lethe.service.metrics import GatewayMetrics
 from lethe.service.screening_step import ScreenedRequest
 
@@ -26,6 +25,7 @@ class InferenceAudit:
     log: AuditLog
     metrics: GatewayMetrics
     model_id: str
+    hasher: AuditHasher
 
     def served(
         self, screened: ScreenedRequest, request_id: str, status: Status, tokens: Sequence[int], stream: bool
@@ -40,7 +40,8 @@ class InferenceAudit:
                 request_id=request_id,
                 model=self.model_id,
                 choice=index,
-                **item.audit_digest(),
+                **item.audit_digest(self.hasher),
+                audit_key_id=self.hasher.key_id,
                 forget_sets=[f.forget_set_id for f in item.flags],
                 prompt_tokens=item.prompt_tokens,
                 completion_tokens=tokens[index] if index < len(tokens) else 0,
@@ -58,7 +59,8 @@ class InferenceAudit:
             "inference",
             route=screened.endpoint,
             model=self.model_id,
-            body_sha256=hashlib.sha256(raw).hexdigest(),
+            body_hmac=self.hasher.bytes(raw),
+            audit_key_id=self.hasher.key_id,
             forget_sets=[],
             forwarded=True,
             latency_ms=round(screened.elapsed() * 1000, 2),

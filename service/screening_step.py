@@ -36,7 +36,7 @@ from lethe.runtime.generation import SamplingParams
 from lethe.runtime.interventions import InterventionPlan
 from lethe.runtime.prompt import TemplatedPrompt
 from lethe.runtime.screening import ForgetSetScreen, Verdict
-from lethe.service.audit import sha256_tensor, sha256_text
+from lethe.service.audit import AuditHasher
 from lethe.service.auth import KeyChecker
 from lethe.service.backend import Backend, BackendRequest
 from lethe.service.errors import APIError, bad_request
@@ -90,11 +90,11 @@ class ScreenedPrompt:
         """The plan to apply: none unless a forget set flagged this prompt."""
         return self.verdict.plan if self.verdict.flagged else None
 
-    def audit_digest(self) -> dict[str, str]:
-        """What the audit log keeps of the prompt: ``prompt_sha256`` of the rendered text, or ``embeds_sha256``."""
+    def audit_digest(self, hasher: AuditHasher) -> dict[str, str]:
+        """What the audit log keeps of the prompt: ``prompt_hmac`` of the rendered text, or ``embeds_hmac``."""
         if self.embeds is not None:
-            return {"embeds_sha256": sha256_tensor(self.embeds)}
-        return {"prompt_sha256": sha256_text(self.rendered.text)}
+            return {"embeds_hmac": hasher.tensor(self.embeds)}
+        return {"prompt_hmac": hasher.text(self.rendered.text)}
 
 
 @dataclass
@@ -204,6 +204,9 @@ class ScreeningStep:
             items = [ScreenedPrompt(messages=[m.as_template_message() for m in body.messages])]
         else:
             items = [self._completion_prompt(body, item) for item in prompt_items(body)]
+        for item in items:  # lengths are checked before anything is classified
+            if self.render_all or item.embeds is not None:
+                self._render(item)
         for item in items:
             self._classify(item)
             if item.flagged or self.render_all or item.embeds is not None:
