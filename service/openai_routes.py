@@ -1,4 +1,5 @@
-"""OpenAI-compatible routes: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``.
+"""OpenAI-compatible routes: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, and vLLM's
+``/tokenize``, ``/detokenize`` and ``/tokenizer_info``.
 
 Thin: each route hands the request to its serving class (``serving_chat``, ``serving_completion``,
 ``serving_models``), which the app keeps on ``app.state``.
@@ -13,6 +14,7 @@ from lethe.service.gateway import Gateway
 from lethe.service.serving_chat import OpenAIServingChat
 from lethe.service.serving_completion import OpenAIServingCompletion
 from lethe.service.serving_models import OpenAIServingModels
+from lethe.service.serving_tokenization import OpenAIServingTokenization
 
 router = APIRouter()
 
@@ -22,6 +24,7 @@ def install_serving(state: object, gateway: Gateway) -> None:
     state.serving_chat = OpenAIServingChat(gateway)  # type: ignore[attr-defined]
     state.serving_completion = OpenAIServingCompletion(gateway)  # type: ignore[attr-defined]
     state.serving_models = OpenAIServingModels(gateway)  # type: ignore[attr-defined]
+    state.serving_tokenization = OpenAIServingTokenization(gateway)  # type: ignore[attr-defined]
 
 
 @router.get("/v1/models", response_model=None)
@@ -46,3 +49,21 @@ async def chat_completions(request: Request) -> Response:
 async def completions(request: Request) -> Response:
     """Legacy completions: text or token prompts, ``prompt_embeds``, and echo log-probs."""
     return await request.app.state.serving_completion.create_completion(request)
+
+
+@router.post("/tokenize", response_model=None)
+async def tokenize(request: Request) -> Response:
+    """vLLM's tokenizer endpoint: a prompt's or a chat's token ids."""
+    return await request.app.state.serving_tokenization.create_tokenize(request)
+
+
+@router.post("/detokenize", response_model=None)
+async def detokenize(request: Request) -> Response:
+    """vLLM's detokenizer endpoint: the text of token ids."""
+    return await request.app.state.serving_tokenization.create_detokenize(request)
+
+
+@router.get("/tokenizer_info", response_model=None)
+async def tokenizer_info(request: Request) -> Response:
+    """vLLM's tokenizer description: special tokens, chat template, class."""
+    return await request.app.state.serving_tokenization.get_tokenizer_info(request)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_serializer, model_validator
 
 MAX_STOP_SEQUENCES = 4
 MAX_PROMPTS_PER_REQUEST = 32
@@ -128,6 +128,33 @@ class CompletionRequest(SamplingRequest):
 
 
 InferenceRequest = ChatCompletionRequest | CompletionRequest
+
+
+class TokenizeRequest(StrictModel):
+    """``POST /tokenize`` (vLLM's): a text ``prompt``, or chat ``messages`` rendered by the chat template."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)] | None = None
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    return_token_strs: bool | None = False
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        if self.add_generation_prompt and self.continue_final_message:
+            raise ValueError("'add_generation_prompt' and 'continue_final_message' cannot both be true")
+        return self
+
+
+class DetokenizeRequest(StrictModel):
+    """``POST /detokenize`` (vLLM's)."""
+
+    model: str | None = None
+    tokens: Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(max_length=1_000_000)]
 
 
 # Responses ---------------------------------------------------------------------------------------
@@ -259,6 +286,29 @@ class ModelList(ResponseModel):
 
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class TokenizeResponse(ResponseModel):
+    """``/tokenize``'s answer: the ids, their count, the model's context length (and the token strings if asked)."""
+
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(ResponseModel):
+    """``/detokenize``'s answer."""
+
+    prompt: str
+
+
+class TokenizerInfoResponse(ResponseModel):
+    """``GET /tokenizer_info``: the tokenizer's configuration (special tokens, chat template...), as vLLM gives it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tokenizer_class: str
 
 
 class ErrorInfo(ResponseModel):

@@ -112,9 +112,9 @@ def prompt_items(body: CompletionRequest) -> list[str] | list[list[int]]:
 class RequestRules:
     """What this server honours; the same for every request it serves.
 
-    ``echo`` is False in proxy mode: vLLM refuses ``echo`` and prompt log-probs with prompt
-    embeddings, so a flagged prompt could not be echoed; refusing it for everyone keeps
-    flagged and unflagged answers alike.
+    ``echo`` (echo and log-probs served) is False in proxy mode: vLLM refuses ``echo`` and prompt
+    log-probs with prompt embeddings, so a flagged prompt could not be echoed; refusing both for
+    everyone keeps flagged and unflagged answers alike.
     """
 
     max_new_tokens: int
@@ -207,10 +207,8 @@ class RequestRules:
             return APIError(
                 400, "Missing required parameter: 'prompt'.", "invalid_request_error", "prompt", "missing_parameter"
             )
-        if body.logprobs is not None and not (body.echo and body.max_tokens == 0):
-            return unsupported("logprobs", "only prompt log-probs, with echo=true and max_tokens=0")
-        if body.stream and body.logprobs is not None:
-            return unsupported("logprobs", "not with stream=true")
+        if body.logprobs is not None and not self.echo:
+            return unsupported("logprobs", "in proxy mode")
         if error := self._prompts_violation(body):
             return error
         return self._max_tokens_violation(body.max_tokens)

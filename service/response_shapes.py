@@ -54,8 +54,9 @@ class Shaper(Protocol):
         """Chunks before any text (a chat stream's role chunk)."""
         ...
 
-    def delta(self, text: str, finish: Choice | None = None) -> list[bytes]:
-        """The chunks for new text; with ``finish``, the choice ends here (its own text is ignored)."""
+    def delta(self, text: str, finish: Choice | None = None, logprobs: CompletionLogProbs | None = None) -> list[bytes]:
+        """The chunks for new text (with its tokens' ``logprobs``, completions only); with ``finish``, the choice
+        ends here (its own text is ignored)."""
         ...
 
     def usage(self, usage: UsageInfo) -> bytes | None:
@@ -110,21 +111,26 @@ class LetheShaper:
             id=self.request_id, created=self.created, model=self.model, choices=choices, usage=usage
         )
 
-    def _chunk(self, delta: DeltaMessage | str, finish_reason: str | None = None) -> bytes:
+    def _chunk(
+        self, delta: DeltaMessage | str, finish_reason: str | None = None, logprobs: CompletionLogProbs | None = None
+    ) -> bytes:
         if isinstance(delta, DeltaMessage):
             choice = ChatCompletionStreamChoice(delta=delta, finish_reason=finish_reason)
             chunk = ChatCompletionChunk(id=self.request_id, created=self.created, model=self.model, choices=[choice])
             return chunk.json_bytes(exclude=None if self.include_usage else _NO_USAGE)
-        body = self._completion([CompletionChoice(index=0, text=delta, finish_reason=finish_reason)])
-        return body.json_bytes(exclude=None if self.include_usage else _NO_USAGE)
+        choices = [CompletionChoice(index=0, text=delta, logprobs=logprobs, finish_reason=finish_reason)]
+        return self._completion(choices).json_bytes(exclude=None if self.include_usage else _NO_USAGE)
 
     def opening(self) -> list[bytes]:
         """A chat stream's role chunk."""
         return [self._chunk(DeltaMessage(role="assistant", content=""))] if self.kind == "chat" else []
 
-    def delta(self, text: str, finish: Choice | None = None) -> list[bytes]:
-        """A text chunk, then (at the end) a chunk with an empty delta and the finish reason."""
-        chunks = [self._chunk(DeltaMessage(content=text) if self.kind == "chat" else text)] if text else []
+    def delta(self, text: str, finish: Choice | None = None, logprobs: CompletionLogProbs | None = None) -> list[bytes]:
+        """A text chunk (with its tokens' log-probs), then (at the end) a chunk with an empty delta and the finish
+        reason."""
+        chunks = (
+            [self._chunk(DeltaMessage(content=text) if self.kind == "chat" else text, None, logprobs)] if text else []
+        )
         if finish is not None:
             chunks.append(self._chunk(DeltaMessage() if self.kind == "chat" else "", finish.finish_reason))
         return chunks

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lethe.service.protocol import UsageInfo
+from lethe.service.protocol import CompletionLogProbs, UsageInfo
 from lethe.service.response_shapes import Choice, Kind
 from lethe.service.upstream import HOP_HEADERS, UpstreamClient, sse_events
 from lethe.service.upstream_errors import UpstreamError
@@ -170,9 +170,12 @@ class TemplateShaper:
         opening = self.stream.opening
         return [self._chunk(opening, None, None)] if opening is not None else []
 
-    def delta(self, text: str, finish: Choice | None = None) -> list[bytes]:
+    def delta(self, text: str, finish: Choice | None = None, logprobs: CompletionLogProbs | None = None) -> list[bytes]:
         """A text chunk; at the end, the final chunk with the last text if the upstream's final chunk carries
-        text (vLLM's does), else a text chunk and then the final chunk (Lethe's final delta is empty)."""
+        text (vLLM's does), else a text chunk and then the final chunk (Lethe's final delta is empty).
+        (Log-probs are refused for every request in proxy mode, so none come here.)"""
+        if logprobs is not None:
+            raise ValueError("log-probs are not served in proxy mode")
         piece = [self._chunk(self.stream.piece, text, None)] if text else []
         if finish is None:
             return piece

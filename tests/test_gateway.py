@@ -279,9 +279,12 @@ def test_echo_logprobs_equal_the_runtime_scoring(
         assert logprobs["token_logprobs"][1:] == pytest.approx(expected.token_logprobs[1:], abs=1e-5)
         assert len(logprobs["text_offset"]) == len(ids)
         assert logprobs["text_offset"] == sorted(logprobs["text_offset"])
-        for top, actual in zip(logprobs["top_logprobs"][1:], expected.top_logprobs[1:], strict=True):
-            assert 1 <= len(top) <= 3
+        strings = tiny_full.embedder.token_strings(ids)
+        pairs = zip(logprobs["top_logprobs"][1:], expected.top_logprobs[1:], strict=True)
+        for position, (top, actual) in enumerate(pairs):
+            assert 1 <= len(top) <= 4  # the 3 likeliest and the token actually there, as OpenAI and vLLM list them
             assert max(top.values()) == pytest.approx(max(actual.values()), abs=1e-5)
+            assert top[strings[position + 1]] == pytest.approx(logprobs["token_logprobs"][position + 1], abs=1e-6)
     assert body["usage"]["completion_tokens"] == 0
 
     with server.client() as client:
@@ -492,7 +495,6 @@ def test_bad_input_gets_openai_errors_and_changes_nothing(server: GatewayServer,
         ({"model": MODEL, "prompt": 12}, 400, "prompt"),
         ({"model": MODEL, "prompt": ""}, 400, "prompt"),
         ({"model": MODEL, "prompt": [10**9]}, 400, "prompt"),
-        ({"model": MODEL, "prompt": "x", "logprobs": 2}, 400, "logprobs"),
         ({"model": MODEL, "prompt": "x", "echo": True, "max_tokens": 0, "logprobs": 99}, 400, "logprobs"),
         ({"model": MODEL, "prompt": "x", "best_of": 3}, 400, "best_of"),
         ({"model": MODEL, "prompt": "x", "suffix": "y"}, 400, "suffix"),
@@ -623,10 +625,17 @@ def test_audit_log_records_hashes_not_text(server: GatewayServer, tiny_full: Lan
     secret = "Who is the Zanzibar-audit-probe-3319 author?"
     with server.client() as client:
         assert _chat(client, secret, max_tokens=2).status_code == 200
-    lines = [json.loads(line) for line in (server.registry / "audit.jsonl").read_text().splitlines()]
+    from lethe.service.audit import AuditHasher
+
+    audit = (server.registry / "audit.jsonl").read_text()
+    lines = [json.loads(line) for line in audit.splitlines()]
     rendered = tiny_full.chat_prompt([{"role": "user", "content": secret}]).text
-    digest = hashlib.sha256(rendered.encode()).hexdigest()
-    entry = next(e for e in lines if e.get("prompt_sha256") == digest)
+    # Keyed with the server's secret: whoever guesses a prompt cannot confirm it from the log without the key.
+    assert hashlib.sha256(rendered.encode()).hexdigest() not in audit
+    hasher = AuditHasher.for_registry(server.registry)
+    entry = next(e for e in lines if e.get("prompt_hmac") == hasher.text(rendered))
+    assert entry["audit_key_id"] == hasher.key_id
+    assert oct((server.registry / "audit.key").stat().st_mode & 0o777) == "0o600"
     assert entry["forget_sets"] == [] and entry["route"] == "chat" and entry["completion_tokens"] >= 1
     assert {"ts", "latency_ms", "prompt_tokens", "request_id", "status"} <= set(entry)
     assert "Zanzibar" not in (server.registry / "audit.jsonl").read_text()
