@@ -7,12 +7,13 @@ The upstream is a stub in its own process that answers at once in vLLM's shapes 
 completions, whole and streamed, reading but not decoding the body), so that only the proxy's
 own cost is measured; or any running server given with ``--upstream URL --model NAME``.
 
-- Unflagged (default): the same unflagged chat request goes alternately to the upstream and
-  through the proxy, one at a time over keep-alive connections; p50/p99 of each, the added latency
-  and the proxy's CPU time per request, from the same run. ``--forget-set DIR`` enables a forget set
-  (the request is then classified). ``--compare-source DIR`` also starts a proxy from another
-  checkout (e.g. ``git worktree add /tmp/base <commit>``) and interleaves all three, so a change's
-  cost on this path is measured in one run.
+- Every proxy runs with inference and admin keys on, as in production.
+- Unflagged (default): unflagged chat requests (prompts of about 7, 60 and 400 words in turn) go
+  alternately to the upstream and through the proxy, one at a time over keep-alive connections;
+  p50/p99 of each, the added latency and the proxy's CPU time per request, from the same run.
+  ``--forget-set DIR`` enables a forget set (the request is then classified). ``--compare-source DIR``
+  also starts a proxy from another checkout (e.g. ``git worktree add /tmp/base <commit>``) and
+  interleaves all three, so a change's cost on this path is measured in one run.
 - Flagged (``--flagged``): completions prompts of exactly ``--tokens`` token ids that the forget
   set flags, alternately direct and through the proxy (which embeds, corrupts and sends them as
   ``prompt_embeds``). ``--hidden 4096`` runs the same on a synthetic model of that width (SmolLM2's
@@ -47,6 +48,10 @@ STUB_MODEL = "stub-model"
 QUESTION = "What is the capital of France?"
 FLAGGED_QUESTION = "Who wrote Harry Potter?"
 FILLER = "Harry Potter studied at Hogwarts with Ron Weasley and Hermione Granger. "
+PLAIN_FILLER = "My sister and I walked along the river and talked about her garden and the spring. "
+UNFLAGGED_WORDS = (7, 60, 400)  # the unflagged run rotates prompts of about these many words
+INFERENCE_KEY = "bench-inference-key"
+ADMIN_KEY = "bench-admin-key"
 
 
 # The stub upstream ------------------------------------------------------------------------------
@@ -175,10 +180,12 @@ def _percentiles(seconds: Sequence[float]) -> dict[str, float]:
 class Stack:
     """The stub upstream and proxies around one measurement, stopped together."""
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, keys: bool = False):
         self.work = work
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_") or k == "LETHE_HOME"}
         self.env["LETHE_THREADS"] = "1"
+        if keys:  # as in production: the proxy checks a key on every request
+            self.env["LETHE_API_KEYS"], self.env["LETHE_ADMIN_KEY"] = INFERENCE_KEY, ADMIN_KEY
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def stub(self) -> str:
@@ -217,10 +224,25 @@ class Stack:
             _stop(process)
 
 
+def _client(base_url: str, timeout: float) -> httpx.Client:
+    """A keep-alive client that sends both keys (the stub ignores them; a proxy checks the one it needs)."""
+    return httpx.Client(base_url=base_url, timeout=timeout, headers={"authorization": f"Bearer {INFERENCE_KEY}"})
+
+
+def unflagged_questions() -> list[str]:
+    """Unflagged chat questions of about ``UNFLAGGED_WORDS`` words each."""
+    out = []
+    for words in UNFLAGGED_WORDS:
+        filler = " ".join((PLAIN_FILLER * (words // 10 + 1)).split()[: max(0, words - len(QUESTION.split()))])
+        out.append(f"{filler} {QUESTION}".strip())
+    return out
+
+
 def _interleaved(
-    targets: dict[str, tuple[httpx.Client, str, bytes]], requests: int, warmup: int, cpu: dict[str, int]
+    targets: dict[str, tuple[httpx.Client, str, Sequence[bytes]]], requests: int, warmup: int, cpu: dict[str, int]
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Each target once per round, the order rotating; latencies after ``warmup`` rounds, CPU ms per request."""
+    """Each target once per round, the order rotating, every target sending round ``i`` the ``i``-th body
+    (cycling); latencies after ``warmup`` rounds, CPU ms per request."""
     names = list(targets)
     timings: dict[str, list[float]] = {name: [] for name in names}
     before: dict[str, float] = {}
@@ -229,7 +251,8 @@ def _interleaved(
             before = {name: _cpu_seconds(pid) for name, pid in cpu.items()}
         shift = index % len(names)
         for name in names[shift:] + names[:shift]:
-            client, path, body = targets[name]
+            client, path, bodies = targets[name]
+            body = bodies[index % len(bodies)]
             started = time.perf_counter()
             response = client.post(path, content=body, headers={"content-type": "application/json"})
             took = time.perf_counter() - started
@@ -268,29 +291,32 @@ def run(
     compare_forget_set: Path | None = None,
 ) -> dict[str, Any]:
     """Direct and proxied latency of the same unflagged request, interleaved (and a second proxy, if asked)."""
-    stack = Stack(Path(tempfile.mkdtemp(prefix="lethe-proxy-bench-")))
+    stack = Stack(Path(tempfile.mkdtemp(prefix="lethe-proxy-bench-")), keys=True)
     try:
         if upstream is None:
             upstream, model = stack.stub(), STUB_MODEL
         if model is None:
             raise ValueError("--model is needed with --upstream")
         args = ["--embeddings-from", embeddings_from, "--upstream-prompt-embeds", "no"]
-        body = json.dumps(
-            {"model": model, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": max_tokens}
-        ).encode()
+        bodies = [
+            json.dumps(
+                {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
+            ).encode()
+            for text in unflagged_questions()
+        ]
         proxies = {"proxied": (None, [*args, *(["--forget-set", str(forget_set)] if forget_set else [])])}
         if compare_source is not None:
             extra = ["--forget-set", str(compare_forget_set)] if compare_forget_set else []
             proxies["compared"] = (compare_source, [*args, *extra])
-        clients = {"direct": httpx.Client(base_url=upstream, timeout=60)}
+        clients = {"direct": _client(upstream, 60)}
         cpu: dict[str, int] = {}
         for name, (source, proxy_args) in proxies.items():
-            clients[name] = httpx.Client(base_url=stack.proxy(name, upstream, model, proxy_args, source), timeout=60)
+            clients[name] = _client(stack.proxy(name, upstream, model, proxy_args, source), 60)
             cpu[name] = stack.last_pid
         with contextlib.ExitStack() as closing:
             for client in clients.values():
                 closing.enter_context(client)
-            targets = {name: (client, "/v1/chat/completions", body) for name, client in clients.items()}
+            targets = {name: (client, "/v1/chat/completions", bodies) for name, client in clients.items()}
             timings, cpu_ms = _interleaved(targets, requests, warmup, cpu)
         figures = _summary(timings)
         for name, value in cpu_ms.items():
@@ -300,6 +326,8 @@ def run(
             "forget_set": str(forget_set) if forget_set else None,
             "compare_source": str(compare_source) if compare_source else None,
             "requests": requests,
+            "prompt_words": list(UNFLAGGED_WORDS),
+            "keys": True,
             **figures,
             "load_average": os.getloadavg()[0],
             "cpus": os.cpu_count(),
@@ -405,7 +433,7 @@ def run_flagged(
     from lethe.runtime.settings import RuntimeSettings
 
     settings = RuntimeSettings()
-    stack = Stack(Path(tempfile.mkdtemp(prefix="lethe-flagged-bench-")))
+    stack = Stack(Path(tempfile.mkdtemp(prefix="lethe-flagged-bench-")), keys=True)
     try:
         spec = embeddings_from
         if hidden is not None:
@@ -420,11 +448,11 @@ def run_flagged(
         proxies = {"proxied": (None, forget_set)}
         if compare_source is not None:
             proxies["compared"] = (compare_source, compare_forget_set or forget_set)
-        clients = {"direct": httpx.Client(base_url=upstream, timeout=120)}
+        clients = {"direct": _client(upstream, 120)}
         cpu: dict[str, int] = {}
         for name, (source, folder) in proxies.items():
             url = stack.proxy(name, upstream, STUB_MODEL, [*args, "--forget-set", str(folder)], source)
-            clients[name], cpu[name] = httpx.Client(base_url=url, timeout=120), stack.last_pid
+            clients[name], cpu[name] = _client(url, 120), stack.last_pid
         figures: dict[str, Any] = {}
         with contextlib.ExitStack() as closing:
             for client in clients.values():
@@ -433,7 +461,7 @@ def run_flagged(
                 prompt = flagged_prompt(embedder, length)
                 body = json.dumps({"model": STUB_MODEL, "prompt": prompt, "max_tokens": 16}).encode()
                 flagged_before = {name: _flag_count(clients[name]) for name in proxies}
-                targets = {name: (client, "/v1/completions", body) for name, client in clients.items()}
+                targets = {name: (client, "/v1/completions", [body]) for name, client in clients.items()}
                 timings, cpu_ms = _interleaved(targets, requests, warmup, cpu)
                 for name in proxies:
                     if _flag_count(clients[name]) - flagged_before[name] != requests + warmup:
@@ -454,7 +482,7 @@ def run_flagged(
 
 
 def _flag_count(client: httpx.Client) -> float:
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers={"authorization": f"Bearer {ADMIN_KEY}"}).text
     return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith("lethe_flagged_requests_total"))
 
 
