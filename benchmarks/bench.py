@@ -1,7 +1,9 @@
 """``lethe bench``: unlearning quality, utility and cost of Lethe against the methods people use instead.
 
 Scenarios (``--scenarios``): ``authors`` (1, fictitious authors on tiny Llamas), ``harry_potter`` (2, on
-SmolLM2) and ``sentiment`` (3, classification unlearning on SmolLM2). ``--quick`` runs the test-sized
+SmolLM2), ``sentiment`` (3, forgetting a style of review on SmolLM2, which a scope classifier cannot
+separate) and ``spul_examples`` (4, SPUL's own setting: forgetting specific training examples of a
+fine-tuned classifier; SmolLM2, the tiny Llama in ``--quick``). ``--quick`` runs the test-sized
 world and smaller budgets so the whole run fits in 10 minutes on 2 CPU cores; the full run uses the
 benchmark-sized world and the trainers' default budgets.
 
@@ -29,9 +31,9 @@ from lethe.benchmarks.scenario_common import QUICK_LETHE, Budget, clean
 from lethe.benchmarks.systems import ALL_METHODS
 from lethe.runtime.settings import RuntimeSettings
 
-SCENARIOS: tuple[str, ...] = ("authors", "harry_potter", "sentiment")
+SCENARIOS: tuple[str, ...] = ("authors", "harry_potter", "sentiment", "spul_examples")
 # SmolLM2 scenarios cost more than the 10 minutes --quick may take on 2 cores; they run when named.
-QUICK_SCENARIOS: tuple[str, ...] = ("authors",)
+QUICK_SCENARIOS: tuple[str, ...] = ("authors", "spul_examples")
 AUTHORS_METHODS: tuple[str, ...] = (ALL_METHODS[0], "retain_reference", *ALL_METHODS[1:])
 
 
@@ -161,6 +163,13 @@ def _run_scenario(
             eval_general=world["eval_general"],
             train_retain=world["train_retain"],
         )
+    if scenario == "spul_examples":
+        from lethe.benchmarks.scenario_spul_examples import examples_budget, run_spul_examples
+
+        budget, setup = examples_budget(quick)
+        if setup.model not in models:
+            models[setup.model] = _load_model(setup.model, settings)
+        return run_spul_examples(models[setup.model], _adjust(budget, methods, baseline), setup, seed, log)
     if "smollm2" not in models:
         models["smollm2"] = _load_smollm2(settings)
     smollm2 = models["smollm2"]
@@ -176,9 +185,13 @@ def _run_scenario(
 
 
 def _load_smollm2(settings: RuntimeSettings) -> Any:
+    return _load_model("smollm2", settings)
+
+
+def _load_model(name: str, settings: RuntimeSettings) -> Any:
     from lethe.runtime.model import LanguageModel
 
     try:
-        return LanguageModel.load("smollm2", settings)
+        return LanguageModel.load(name, settings)
     except Exception as exc:  # the packaged model may be missing on a minimal install
-        raise ScenarioSkipped(f"SmolLM2 could not be loaded: {type(exc).__name__}: {exc}") from None
+        raise ScenarioSkipped(f"{name} could not be loaded: {type(exc).__name__}: {exc}") from None

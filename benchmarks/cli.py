@@ -24,7 +24,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--scenarios",
         nargs="+",
         choices=SCENARIOS,
-        help="scenarios to run (default: all; with --quick: authors only, the SmolLM2 ones take longer)",
+        help="scenarios to run (default: all; with --quick: authors and spul_examples, the SmolLM2 ones take longer)",
     )
     parser.add_argument("--methods", nargs="+", help="only these methods (default: every method of each scenario)")
     parser.add_argument("--seed", type=int, default=0)

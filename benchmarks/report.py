@@ -26,11 +26,16 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "forget_accuracy", "test_accuracy", "retain_accuracy", "classifier_recall", "classifier_fpr",
         "train_s", "forward_passes", "overhead_ratio",
     ),
+    "spul_examples": (
+        "forget_accuracy", "forget_perturbed_accuracy", "retain_accuracy", "test_accuracy", "classifier_recall",
+        "classifier_recall_perturbed", "classifier_fpr", "train_s", "forward_passes", "overhead_ratio",
+    ),
 }  # fmt: skip
 TITLES = {
     "authors": "Scenario 1: fictitious authors (tiny Llama, TOFU-style)",
     "harry_potter": "Scenario 2: Harry Potter on SmolLM2-135M-Instruct",
-    "sentiment": "Scenario 3: sentiment classification unlearning on SmolLM2-135M-Instruct",
+    "sentiment": "Scenario 3: forgetting a style of review (story/acting), sentiment on SmolLM2-135M-Instruct",
+    "spul_examples": "Scenario 4: forgetting specific training examples of a fine-tuned sentiment classifier (SPUL)",
 }
 
 
@@ -147,6 +152,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
         "authors": ("model_utility", "forget_quality", "model utility", "forget quality (KS p-value, log)"),
         "harry_potter": ("general_keyword_rate", "forget_keyword_rate", "general keyword rate", "HP keyword rate"),
         "sentiment": ("test_accuracy", "forget_accuracy", "test accuracy", "forget accuracy"),
+        "spul_examples": ("test_accuracy", "forget_accuracy", "test accuracy", "forget accuracy"),
     }
     for scenario, result in results.get("scenarios", {}).items():
         methods = result.get("methods", {})

@@ -32,6 +32,10 @@ class Budget:
     baseline_sweep: tuple[tuple[float, int], ...] = ()
     """``(lr, epochs)`` points every weight-updating baseline is trained at; its reported row is the point with
     the best forget quality whose compute stays within the largest Lethe method's (see ``pick_sweep_point``)."""
+    sweep_rank: Callable[[dict[str, Any]], Any] | None = None
+    """How the scenario ranks a sweep point's figures, best highest (default: forget quality, then utility)."""
+    sweep_columns: tuple[str, ...] = ("forget_quality", "model_utility")
+    """The figures of every sweep point kept in the baseline's ``sweep`` list."""
 
     def meta(self) -> dict[str, Any]:
         """The settings a scenario's meta reports: Lethe's options, the baselines' budget and loss settings."""
@@ -129,11 +133,14 @@ def compute_of(name: str, forward_passes: int | None) -> float | None:
     return float(forward_passes) * (1.0 + BACKWARD_COST if backprop else 1.0)
 
 
-def pick_sweep_point(points: Sequence[dict[str, Any]], budget_compute: float | None) -> dict[str, Any]:
-    """The sweep point reported for a baseline: best forget quality (then utility) within ``budget_compute``."""
+def pick_sweep_point(
+    points: Sequence[dict[str, Any]], budget_compute: float | None, rank: Callable[[dict[str, Any]], Any] | None = None
+) -> dict[str, Any]:
+    """The sweep point reported for a baseline: the best by ``rank`` (default: forget quality, then utility)
+    within ``budget_compute``."""
     affordable = [p for p in points if budget_compute is None or (p["compute"] or 0.0) <= budget_compute]
     pool = affordable or [min(points, key=lambda p: p["compute"] or 0.0)]
-    return max(pool, key=lambda p: (p.get("forget_quality") or 0.0, p.get("model_utility") or 0.0))
+    return max(pool, key=rank or (lambda p: (p.get("forget_quality") or 0.0, p.get("model_utility") or 0.0)))
 
 
 def sweep_baseline(
@@ -160,14 +167,15 @@ def sweep_baseline(
         figures.update(train_s=system.train_s, forward_passes=system.forward_passes, lr=lr, epochs=epochs,
                        compute=compute_of(name, system.forward_passes))  # fmt: skip
         points.append(figures)
-        if pick_sweep_point(points, budget_compute) is figures:
+        if pick_sweep_point(points, budget_compute, budget.sweep_rank) is figures:
             kept = system
         del system
         gc.collect()
     assert kept is not None
-    columns = ("lr", "epochs", "compute", "forget_quality", "model_utility")
+    columns = ("lr", "epochs", "compute", *budget.sweep_columns)
     sweep = [{k: p.get(k) for k in columns} for p in points]
-    return kept, {**pick_sweep_point(points, budget_compute), "sweep": sweep, "compute_budget": budget_compute}
+    chosen = pick_sweep_point(points, budget_compute, budget.sweep_rank)
+    return kept, {**chosen, "sweep": sweep, "compute_budget": budget_compute}
 
 
 def interleaved_latency(systems: Sequence[System], questions: Sequence[str], repeats: int) -> list[float]:

@@ -24,7 +24,10 @@ class ClassifierConfig:
     training examples of a classifier): every forget prompt and light perturbations of it (typos, casing,
     one or two changed words) are positives, the retain prompts (the other examples of the same task) and
     their perturbations are contrastive negatives of equal weight, no entity frames are built, and the
-    threshold is calibrated on held-out perturbations of the forget prompts.
+    threshold is calibrated on held-out perturbations of the forget prompts. The semantic vector is topic
+    evidence: an example-level forget set does better without it (``semantic_weight=0``; on the review
+    splits of ``lethe bench``'s ``spul_examples``, 4 seeds: FPR on unseen reviews 0.6 % against 2.5 %,
+    the same recall on perturbed forget reviews).
     """
 
     alpha: float = 0.01
