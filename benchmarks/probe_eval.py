@@ -18,19 +18,16 @@ probes, kept for comparison.
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lethe.runtime.generation import SamplingParams
 from lethe.runtime.model import LanguageModel
 from lethe.runtime.screening import ForgetSetScreen
+from lethe.training.metrics import answer_conversations, base_perplexity, contains_keyword, distinct_2, loops
 
 PROBE_DIR = Path(__file__).parent / "probes"
 HELDOUT_KNOWLEDGE = {"hp_test": "topic", "general_test": "general"}
@@ -47,60 +44,6 @@ def load_probe(name: str) -> list[dict[str, Any]]:
 def messages_of(row: dict[str, Any]) -> list[dict[str, str]]:
     """A probe row's conversation."""
     return row["messages"] if "messages" in row else [{"role": "user", "content": row["prompt"]}]
-
-
-def contains_keyword(answer: str, keywords: Sequence[str]) -> bool:
-    """Whether any keyword occurs in the answer (case-insensitive)."""
-    lowered = answer.lower()
-    return any(k.lower() in lowered for k in keywords)
-
-
-def distinct_2(answers: Sequence[str]) -> float:
-    """Mean over answers of unique word bigrams / bigrams (1.0: no repetition)."""
-    values = []
-    for answer in answers:
-        bigrams = list(itertools.pairwise(answer.split()))
-        if bigrams:
-            values.append(len(set(bigrams)) / len(bigrams))
-    return float(np.mean(values)) if values else float("nan")
-
-
-def loops(answer: str) -> bool:
-    """Whether an answer repeats a word 3-gram three times or more."""
-    words = answer.lower().split()
-    counts = Counter(zip(words, words[1:], words[2:], strict=False))
-    return bool(counts) and max(counts.values()) >= 3
-
-
-def answer_conversations(
-    model: LanguageModel, conversations: Sequence[list[dict[str, str]]], screen: ForgetSetScreen | None,
-    max_new_tokens: int,
-) -> tuple[list[str], list[bool]]:  # fmt: skip
-    """Greedy answers, through ``screen`` when given, and whether each conversation got an intervention."""
-    prompts = [model.chat_prompt(messages) for messages in conversations]
-    plans = []
-    for prompt, messages in zip(prompts, conversations, strict=True):
-        verdict = screen.screen(prompt, messages, 0, model.embedder) if screen is not None else None
-        plans.append(verdict.plan if verdict is not None and verdict.flagged else None)
-    params = [SamplingParams(max_new_tokens=max_new_tokens) for _ in prompts]
-    results = model.generate_many(prompts, plans, params, batch_size=16)
-    return [r.text.strip() for r in results], [plan is not None for plan in plans]
-
-
-def base_perplexity(
-    model: LanguageModel, conversations: Sequence[list[dict[str, str]]], answers: Sequence[str]
-) -> float:
-    """Perplexity of the answers under the bare model, given their conversations."""
-    prompts, completions = [], []
-    for messages, answer in zip(conversations, answers, strict=True):
-        ids = model.embedder.encode(answer)
-        if ids:
-            prompts.append(model.chat_prompt(messages).ids)
-            completions.append(ids)
-    if not completions:
-        return float("nan")
-    logprobs = model.score(prompts, completions)
-    return math.exp(-sum(float(t.sum()) for t in logprobs) / sum(len(t) for t in logprobs))
 
 
 def evaluate_probe(

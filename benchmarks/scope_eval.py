@@ -11,13 +11,11 @@ false-positive rate is the flag rate on the others.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lethe.runtime.screening import ForgetSetScreen
+from lethe.training.metrics import flag_rates
 
 HELDOUT_DIR = Path(__file__).parent / "probes" / "heldout"
 # probe name -> whether its prompts are in the demo topic's scope
@@ -28,20 +26,6 @@ def load_heldout(name: str) -> list[dict[str, Any]]:
     """Rows ``{"id", "kind", "language", "messages", "keywords"}`` of a held-out probe file."""
     path = HELDOUT_DIR / f"{name}.jsonl"
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def flag_rates(screen: ForgetSetScreen, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Overall and per-kind share of conversations that any live forget set flags."""
-    flags = [bool(screen.classify(row["messages"])) for row in rows]
-    kinds: dict[str, list[bool]] = {}
-    for row, flag in zip(rows, flags, strict=True):
-        kinds.setdefault(row.get("kind", "other"), []).append(flag)
-    return {
-        "prompts": len(rows),
-        "flag_rate": float(np.mean(flags)) if flags else float("nan"),
-        "by_kind": {kind: {"prompts": len(v), "flag_rate": float(np.mean(v))} for kind, v in sorted(kinds.items())},
-        "flagged_ids": [row["id"] for row, flag in zip(rows, flags, strict=True) if flag],
-    }
 
 
 def scope_report(screen: ForgetSetScreen, probes: dict[str, bool] | None = None) -> dict[str, Any]:

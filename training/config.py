@@ -38,6 +38,9 @@ class TrainConfig(_StageSections):  # type: ignore[misc, valid-type]
     topic: TopicConfig = Field(default_factory=TopicConfig, description="reveal settings for topic forget sets")
     classifier: dict[str, Any] = Field(default_factory=dict, description="ClassifierConfig fields")
     evaluate: bool = Field(default=True, description="measure before/after figures into the manifest")
+    verify: bool = Field(
+        default=True, description="after an admin-API job, measure the verification report's figures on held-out data"
+    )
     eval_request_seed: int = 0
 
     @field_validator("method")

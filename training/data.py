@@ -24,7 +24,8 @@ class TrainingDataError(TrainingError):
 
 
 class ForgetRow(BaseModel):
-    """One question and its answer; paraphrased and perturbed answers feed the truth ratio."""
+    """One question and its answer; paraphrased and perturbed answers feed the truth ratio, paraphrased questions
+    the verification report."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -32,6 +33,8 @@ class ForgetRow(BaseModel):
     completion: str
     paraphrased_completion: str | None = None
     perturbed_completions: tuple[str, ...] = ()
+    # Other wordings of the question. The trainer never reads them: the verification report measures on them.
+    paraphrased_prompts: tuple[str, ...] = ()
 
     @field_validator("prompt", "completion")
     @classmethod
@@ -45,11 +48,11 @@ class ForgetRow(BaseModel):
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value if value is not None and value.strip() else None
 
-    @field_validator("perturbed_completions")
+    @field_validator("perturbed_completions", "paraphrased_prompts")
     @classmethod
-    def _no_blank_perturbed(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _no_blank_alternatives(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if any(not v.strip() for v in value):
-            raise ValueError("perturbed completions must not be empty strings")
+            raise ValueError("must not hold empty strings")
         return value
 
     @property

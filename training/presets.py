@@ -16,4 +16,5 @@ SMOKE_OPTIONS: dict[str, Any] = {
         "token_modes": ["all"],
     },
     "evaluate": False,
+    "verify": False,
 }

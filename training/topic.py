@@ -40,7 +40,7 @@ from lethe.runtime.screening import ForgetSetScreen
 from lethe.training.data import ForgetRow, TrainingDataError
 from lethe.training.metrics import through_screen
 from lethe.training.progress import ProgressTracker
-from lethe.training.reveal import RevealConfig, Revealer, RevealResult, topic_vector
+from lethe.training.reveal import RevealConfig, RevealedPair, Revealer, RevealResult, topic_vector
 
 ProgressFn = Callable[[float, str], None]
 
@@ -157,6 +157,11 @@ def entity_detector(entities: Sequence[str]) -> Callable[[str], bool]:
     return lambda text: pattern.search(text) is not None
 
 
+def leaking(pairs: Sequence[RevealedPair], threshold: float, names_entity: Callable[[str], bool]) -> list[RevealedPair]:
+    """The revealed answers that still leak the topic: on topic by relevance, or naming one of its entities."""
+    return [p for p in pairs if p.relevance >= threshold or names_entity(p.completion)]
+
+
 def _rows_from(pairs: Sequence[tuple[str, str]], known: set[str]) -> list[ForgetRow]:
     rows = []
     for prompt, completion in pairs:
@@ -251,7 +256,7 @@ def train_topic_forget_set(
             progress=lambda f, s=f"check{index}": tracker.update(s, f, "re-reveal through the forget set"),
             cancel=cancel,
         )
-        leaks = [p for p in check.pairs if p.relevance >= config.relevance_threshold or names_entity(p.completion)]
+        leaks = leaking(check.pairs, config.relevance_threshold, names_entity)
         leak_rate = round(len(leaks) / max(1, len(check.pairs)), 4)
         summary = _round_summary(check, config.relevance_threshold, through_forget_set=True)
         rounds.append(summary | {"leaks": len(leaks), "leak_rate": leak_rate})

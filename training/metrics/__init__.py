@@ -4,13 +4,18 @@
   path), per-row answer scores and greedy answers: what every family reads;
 - ``memorization``: answer probability, truth ratio, ROUGE-L recall, keyword rate;
 - ``privacy``: forget quality (KS test against a never-trained model) and Min-K% membership inference;
-- ``utility``: model utility (harmonic mean over the retain and general sets).
+- ``utility``: model utility (harmonic mean over the retain and general sets);
+- ``fluency``: loop rate, distinct-2 and the bare model's perplexity of answers;
+- ``scope``: flag rates of the live forget sets (recall on in-scope prompts, false positives on the others).
 
-The trainer's before/after figures and the benchmark both call these functions; neither copies them.
+The trainer's before/after figures, the verification report and the benchmark all call these functions;
+none copies them.
 """
 
+from lethe.training.metrics.fluency import base_perplexity, distinct_2, loop_rate, loops
 from lethe.training.metrics.memorization import (
     answer_probability,
+    contains_keyword,
     forget_truth_ratio,
     keyword_rate,
     lcs_length,
@@ -22,11 +27,13 @@ from lethe.training.metrics.memorization import (
     truth_ratios,
 )
 from lethe.training.metrics.privacy import auc, forget_quality, ks_test, min_k_auc, min_k_score
+from lethe.training.metrics.scope import flag_rates
 from lethe.training.metrics.scoring import (
     EvalTarget,
     Messages,
     PlanFn,
     RowScores,
+    answer_conversations,
     generate_answers,
     render_question,
     score_answers,
@@ -40,8 +47,13 @@ __all__ = [
     "Messages",
     "PlanFn",
     "RowScores",
+    "answer_conversations",
     "answer_probability",
     "auc",
+    "base_perplexity",
+    "contains_keyword",
+    "distinct_2",
+    "flag_rates",
     "forget_quality",
     "forget_truth_ratio",
     "generate_answers",
@@ -49,6 +61,8 @@ __all__ = [
     "keyword_rate",
     "ks_test",
     "lcs_length",
+    "loop_rate",
+    "loops",
     "mean_rouge_l",
     "min_k_auc",
     "min_k_score",

@@ -83,9 +83,14 @@ def mean_rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float
     return float(np.mean(values)) if values else float("nan")
 
 
+def contains_keyword(answer: str, keywords: Sequence[str]) -> bool:
+    """Whether any keyword occurs in the answer (case-insensitive)."""
+    lowered = answer.lower()
+    return any(k.lower() in lowered for k in keywords)
+
+
 def keyword_rate(texts: Sequence[str], keywords: Sequence[Sequence[str]]) -> float:
     """Share of answers that mention at least one of their expected keywords (case-insensitive)."""
     if not texts:
         return float("nan")
-    hits = [any(k.lower() in t.lower() for k in ks) for t, ks in zip(texts, keywords, strict=True)]
-    return float(np.mean(hits))
+    return float(np.mean([contains_keyword(t, ks) for t, ks in zip(texts, keywords, strict=True)]))

@@ -133,3 +133,19 @@ def generate_answers(
     params = [SamplingParams(max_new_tokens=max_new_tokens)] * len(questions)
     results = target.model.generate_many([p for p, _ in rendered], plans, params, batch_size)
     return [r.text for r in results]
+
+
+def answer_conversations(
+    model: LanguageModel, conversations: Sequence[Messages], screen: ForgetSetScreen | None, max_new_tokens: int,
+    request_seed: int = 0,
+) -> tuple[list[str], list[bool]]:  # fmt: skip
+    """Greedy answers to chat conversations, through ``screen`` when given (every message judged, as the gateway
+    does), and whether each conversation got an intervention."""
+    prompts = [model.chat_prompt(messages) for messages in conversations]
+    plans = []
+    for prompt, messages in zip(prompts, conversations, strict=True):
+        verdict = screen.screen(prompt, messages, request_seed, model.embedder) if screen is not None else None
+        plans.append(verdict.plan if verdict is not None and verdict.flagged else None)
+    params = [SamplingParams(max_new_tokens=max_new_tokens) for _ in prompts]
+    results = model.generate_many(prompts, plans, params, batch_size=16)
+    return [r.text.strip() for r in results], [plan is not None for plan in plans]
