@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 # PostgreSQL for the shared-registry tests (Debian's package; skipped with a message where it cannot be installed).
 bash scripts/install_postgres.sh
+# Headless Chromium and its WebDriver for the operator console's browser tests (Debian's packages, same rule).
+bash scripts/install_browser.sh
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi

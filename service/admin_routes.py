@@ -15,6 +15,7 @@ from lethe.service.admin_protocol import ClassifyRequest, ForgetSetCreate, Forge
 from lethe.service.errors import not_found
 from lethe.service.forget_sets import job_view
 from lethe.service.gateway import Gateway, gateway_of
+from lethe.service.report_routes import note_action
 from lethe.service.request_rules import parse_body
 
 router = APIRouter(prefix="/admin")
@@ -32,6 +33,7 @@ async def create_forget_set(request: Request) -> JSONResponse:
     gateway = _admin(request)
     body = parse_body(await request.body(), ForgetSetCreate)
     record, job = await run_in_threadpool(gateway.forget_sets.create, body)
+    note_action(request, record.id, "registered")
     return JSONResponse(
         {"id": record.id, "job_id": job.id, "object": "forget_set", "state": record.state}, status_code=202
     )
@@ -59,6 +61,7 @@ async def patch_forget_set(forget_set_id: str, request: Request) -> dict[str, An
     gateway = _admin(request)
     body = parse_body(await request.body(), ForgetSetPatch)
     record = await run_in_threadpool(gateway.forget_sets.set_enabled, forget_set_id, body.enabled)
+    note_action(request, record.id, "enabled" if body.enabled else "disabled")
     return gateway.forget_sets.view(record)
 
 

@@ -67,22 +67,30 @@ def job_from_input(job_id: str, forget_set_id: str, name: str, method: str, data
 
 def train_artifact(model: LanguageModel, job: TrainJob, progress: Callable[[float, str], None]) -> ForgetSetArtifact:
     """Train the job's forget set on ``model`` (from rows, or from a topic the model reveals); the artifact is
-    checked to be the one asked for and to fit ``model``, not saved. Raises ``TrainingCancelled`` if cancelled."""
+    checked to be the one asked for and to fit ``model``, and carries its request's summary and verification
+    figures (``training.verification``), not saved. Raises ``TrainingCancelled`` if cancelled."""
     from lethe.training.trainer import train_forget_set, train_topic
+    from lethe.training.verification import VERIFY_SHARE, attach_verification
 
+    share = 1.0 - VERIFY_SHARE if job.config.verify else 1.0
+    training = lambda fraction, stage: progress(share * fraction, stage)  # noqa: E731
     if job.topic is not None:
         artifact = train_topic(
             model, job.name, job.topic, job.seed_prompts, job.config,
-            progress=progress, cancel=job.cancel, forget_set_id=job.forget_set_id,
+            progress=training, cancel=job.cancel, forget_set_id=job.forget_set_id,
         )  # fmt: skip
     else:
         artifact = train_forget_set(
             model, job.name, job.forget, job.retain, job.config,
-            progress=progress, cancel=job.cancel, forget_set_id=job.forget_set_id,
+            progress=training, cancel=job.cancel, forget_set_id=job.forget_set_id,
         )  # fmt: skip
     if artifact.id != job.forget_set_id:
         raise ArtifactError(f"the trainer returned forget set {artifact.id}, expected {job.forget_set_id}")
     artifact.check_compatible(model.fingerprint, model.hidden_size)
+    attach_verification(
+        model, artifact, job.name, job.forget, job.retain, job.topic, job.seed_prompts, job.config,
+        progress=lambda fraction, stage: progress(share + (1.0 - share) * fraction, stage), cancel=job.cancel,
+    )  # fmt: skip
     return artifact
 
 

@@ -152,6 +152,8 @@ def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
     assert "lethe/training/demo_artifact/manifest.json" in names
     assert "lethe/classifier/data/questions.txt" in names
     assert "lethe/benchmarks/probes/general.jsonl" in names
+    for console_file in ("index.html", "console.js", "console.css"):  # the operator console needs no build step
+        assert f"lethe/service/console/{console_file}" in names
     entry_points = archive_text(wheel, "entry_points.txt")
     assert "lethe = lethe.cli:main" in entry_points
     assert "tiny-authors = lethe.benchmarks.tiny_models:BUILTIN_MODELS" in entry_points
