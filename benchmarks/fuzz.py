@@ -282,12 +282,14 @@ def schemathesis_gateway(
     api_key: str,
     admin_key: str,
     max_examples: int = 100,
+    body_examples: int | None = None,
     negative_share: float = 0.5,
     skip: tuple[str, ...] = ("/admin/forget-sets/import",),
 ) -> SchemaFuzzReport:
     """Schemathesis over every operation of the server's own OpenAPI document (bodies generated from the declared
-    request schemas, valid and invalid), ``max_examples`` cases per operation and mode, with the key each route
-    group needs. Forget sets a case manages to create are cancelled and deleted at once."""
+    request schemas, valid and invalid, as many as ``body_examples`` per operation that takes a body, else
+    ``max_examples``), split between valid and invalid cases by ``negative_share``, with the key each route group
+    needs. Forget sets a case manages to create are cancelled and deleted at once."""
     import schemathesis
     from schemathesis.generation import GenerationMode
 
@@ -295,9 +297,13 @@ def schemathesis_gateway(
     started = time.perf_counter()
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     admin_headers = {"Authorization": f"Bearer {admin_key}"}
-    modes = [(GenerationMode.POSITIVE, max(1, round(max_examples * (1 - negative_share))))]
-    if negative_share > 0:
-        modes.append((GenerationMode.NEGATIVE, max(1, round(max_examples * negative_share))))
+
+    def modes(examples: int) -> list[tuple[GenerationMode, int]]:
+        split = [(GenerationMode.POSITIVE, max(1, round(examples * (1 - negative_share))))]
+        if negative_share > 0:
+            split.append((GenerationMode.NEGATIVE, max(1, round(examples * negative_share))))
+        return split
+
     with httpx.Client(base_url=base_url, timeout=120) as client:
         for result in schema.get_all_operations():
             operation = result.ok()
@@ -340,9 +346,10 @@ def schemathesis_gateway(
                     client.post(f"/admin/jobs/{created['job_id']}/cancel", headers=admin_headers)
                     client.delete(f"/admin/forget-sets/{created['id']}", headers=admin_headers)
 
-            for mode, examples in modes:
+            examples = body_examples if body_examples is not None and len(operation.body) else max_examples
+            for mode, count in modes(examples):
                 try:
-                    _run_cases(operation.as_strategy(generation_mode=mode), examples, send)
+                    _run_cases(operation.as_strategy(generation_mode=mode), count, send)
                 except Unsatisfiable:  # nothing invalid to send (an operation without parameters or body)
                     continue
     report.wall_s = round(time.perf_counter() - started, 2)

@@ -1,8 +1,11 @@
 """``lethe reliability``: load, faults, hostile input and evasion figures in one report (JSON + Markdown).
 
 Runs real gateway processes on loopback over the tiny authors model: a load test with streaming
-and plain clients, fuzzing of every route, a ``kill -9`` during training followed by a restart,
-and the evasion attacks on the scope classifier.  ``--quick`` shrinks every part.
+and plain clients, fuzzing of every route (hypothesis mutations, then Schemathesis from the
+server's OpenAPI document, bodies included), hostile but cheap traffic (a degenerate temperature
+beside innocent requests, unauthenticated large uploads, the resident memory after thousands of
+distinct long prompts), a ``kill -9`` during training followed by a restart, and the evasion
+attacks on the scope classifier.  ``--quick`` shrinks every part; ``parts`` picks some.
 """
 
 from __future__ import annotations
@@ -15,11 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from lethe.benchmarks.evasion import run_evasion
-from lethe.benchmarks.fuzz import fuzz_gateway
+from lethe.benchmarks.fuzz import fuzz_gateway, schemathesis_gateway
+from lethe.benchmarks.hostile import (
+    degenerate_temperature_beside_innocent,
+    memory_under_distinct_prompts,
+    unauthenticated_uploads,
+)
 from lethe.benchmarks.loadtest import run_load
 from lethe.benchmarks.server_harness import GatewayServer, wait_for_job
 
 MODEL = "tiny-authors"
+PARTS = ("load", "fuzz", "hostile", "kill9", "evasion")
+IMPORT_PATH = "/admin/forget-sets/import"
 API_KEY, ADMIN_KEY = "reliability-key", "reliability-admin"
 FAST_OPTIONS: dict[str, Any] = {
     "eco": {"grid": 3, "search_rows": 12, "rounds": 1, "steps_per_round": 1,
@@ -33,18 +43,22 @@ def _server(registry: Path, args: list[str] | None = None) -> GatewayServer:
                          env={"LETHE_THREADS": os.environ.get("LETHE_THREADS", "1")})  # fmt: skip
 
 
-def run_reliability(out: Path, quick: bool = False) -> dict[str, Any]:
-    """Run every part, write ``reliability.json`` and ``reliability.md`` under ``out``; return the report."""
+def run_reliability(out: Path, quick: bool = False, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
+    """Run ``parts`` (all by default), write ``reliability.json`` and ``reliability.md`` under ``out``; return the
+    report."""
     from lethe.benchmarks.authors_world import WorldConfig, build_world
     from lethe.benchmarks.tiny_models import prepare_tiny_authors, prepare_world
     from lethe.service.settings import GatewaySettings
 
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
     settings = GatewaySettings()
     prepare_world(settings.worlds_dir, "test")
     prepare_tiny_authors(settings.worlds_dir, "test", "full")
     world = build_world(WorldConfig.test())
     rows = {s: world.rows(s) for s in ("forget", "retain")}
-    report: dict[str, Any] = {"quick": quick, "model": MODEL}
+    report: dict[str, Any] = {"quick": quick, "model": MODEL, "parts": list(parts)}
     with tempfile.TemporaryDirectory(prefix="lethe-reliability-") as tmp:
         server = _server(Path(tmp) / "registry", ["--max-new-tokens", "32", "--max-queue-depth", "256"]).start()
         try:
@@ -55,24 +69,52 @@ def run_reliability(out: Path, quick: bool = False) -> dict[str, Any]:
                 job = wait_for_job(admin, created["job_id"], ("succeeded", "failed", "cancelled"), 900)
             report["training"] = {"state": job["state"]}
             questions = [r["prompt"] for r in rows["forget"][:8] + rows["retain"][:8]]
-            load = run_load(server.base_url, API_KEY, MODEL, [[{"role": "user", "content": q}] for q in questions],
-                            total=24 if quick else 120, concurrency=4 if quick else 16, stream_share=0.5,
-                            max_tokens=8 if quick else 16, time_limit_s=120 if quick else 480,
-                            pid=server.process.pid)  # fmt: skip
-            report["load_local"] = load.as_dict()
-            load_args = {"total": load.requests, "concurrency": 4 if quick else 16, "max_tokens": 8 if quick else 16,
-                         "time_limit_s": 120 if quick else 480}  # fmt: skip
-            report["load_proxy"] = _proxy_load(server, Path(tmp), created["id"], questions, load_args)
-            fuzz = fuzz_gateway(server.base_url, API_KEY, ADMIN_KEY, MODEL, max_examples=10 if quick else 60)
-            report["fuzz"] = fuzz.as_dict()
-            report["kill9_during_training"] = _kill_during_training(server, rows)
+            if "load" in parts:
+                load = run_load(server.base_url, API_KEY, MODEL, [[{"role": "user", "content": q}] for q in questions],
+                                total=24 if quick else 120, concurrency=4 if quick else 16, stream_share=0.5,
+                                max_tokens=8 if quick else 16, time_limit_s=120 if quick else 480,
+                                pid=server.process.pid)  # fmt: skip
+                report["load_local"] = load.as_dict()
+                load_args = {"total": load.requests, "concurrency": 4 if quick else 16,
+                             "max_tokens": 8 if quick else 16, "time_limit_s": 120 if quick else 480}  # fmt: skip
+                report["load_proxy"] = _proxy_load(server, Path(tmp), created["id"], questions, load_args)
+            if "fuzz" in parts:
+                fuzz = fuzz_gateway(server.base_url, API_KEY, ADMIN_KEY, MODEL, max_examples=10 if quick else 60)
+                report["fuzz"] = fuzz.as_dict()
+            if "hostile" in parts:
+                report.update(_hostile(server, rows, quick))
+            if "kill9" in parts:
+                report["kill9_during_training"] = _kill_during_training(server, rows)
         finally:
             server.stop()
-    report["evasion"] = run_evasion("test")
+    if "evasion" in parts:
+        report["evasion"] = run_evasion("test")
     out.mkdir(parents=True, exist_ok=True)
     (out / "reliability.json").write_text(json.dumps(report, indent=2))
     (out / "reliability.md").write_text(render_markdown(report))
     return report
+
+
+def _hostile(server: Any, rows: dict[str, list[dict]], quick: bool) -> dict[str, Any]:
+    """A degenerate temperature beside six innocent requests, four unauthenticated 48 MB uploads, the memory after
+    distinct 300-word prompts (10,000; 600 quick), then Schemathesis over the OpenAPI document (1,500 cases per
+    operation with a body, 200 per other operation; 30 and 10 quick)."""
+    pid = server.process.pid
+    questions = [r["prompt"] for r in rows["retain"][:6]]
+    temperature = degenerate_temperature_beside_innocent(server.base_url, API_KEY, MODEL, questions)
+    uploads = unauthenticated_uploads(server.base_url, pid, IMPORT_PATH, count=4, size_mb=48)
+    memory = memory_under_distinct_prompts(
+        server.base_url, pid, API_KEY, ADMIN_KEY, MODEL, prompts=600 if quick else 10_000, words=300, concurrency=2
+    )
+    schema = schemathesis_gateway(
+        server.base_url, API_KEY, ADMIN_KEY, max_examples=10 if quick else 200, body_examples=30 if quick else 1500
+    )
+    return {
+        "degenerate_temperature": temperature,
+        "unauthenticated_uploads": uploads,
+        "memory_distinct_prompts": memory.as_dict(),
+        "schemathesis": {**schema.as_dict(), "findings": schema.findings[:20]},
+    }
 
 
 def _proxy_load(
@@ -149,6 +191,17 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"{fuzz['server_errors']} server errors (5xx), {fuzz['malformed_errors']} error bodies not in "
                   f"OpenAI's shape, {fuzz['transport_errors']} transport errors; "
                   f"statuses {fuzz['statuses']}.", ""]  # fmt: skip
+    schema = report.get("schemathesis")
+    if schema:
+        lines += ["## Schemathesis over the OpenAPI document (bodies generated from the declared schemas)", "",
+                  f"{schema['cases']} cases, {schema['cases_with_body']} with a body, over "
+                  f"{len(schema['by_operation'])} operations: {schema['server_errors']} server errors (5xx), "
+                  f"{schema['malformed_errors']} error bodies not in OpenAI's shape, {schema['transport_errors']} "
+                  f"transport errors; statuses {schema['statuses']}; {schema['wall_s']} s.", ""]  # fmt: skip
+    hostile = {k: report[k] for k in ("degenerate_temperature", "unauthenticated_uploads", "memory_distinct_prompts")
+               if k in report}  # fmt: skip
+    if hostile:
+        lines += ["## Hostile but cheap requests", "", *(f"- {k}: {v}" for k, v in hostile.items()), ""]
     kill = report.get("kill9_during_training")
     if kill:
         lines += ["## kill -9 during training, then restart", "",

@@ -128,9 +128,8 @@ class LetheShaper:
     def delta(self, text: str, finish: Choice | None = None, logprobs: CompletionLogProbs | None = None) -> list[bytes]:
         """A text chunk (with its tokens' log-probs), then (at the end) a chunk with an empty delta and the finish
         reason."""
-        chunks = (
-            [self._chunk(DeltaMessage(content=text) if self.kind == "chat" else text, None, logprobs)] if text else []
-        )
+        piece = DeltaMessage(content=text) if self.kind == "chat" else text
+        chunks = [self._chunk(piece, None, logprobs)] if text or logprobs is not None else []
         if finish is not None:
             chunks.append(self._chunk(DeltaMessage() if self.kind == "chat" else "", finish.finish_reason))
         return chunks

@@ -376,3 +376,29 @@ def test_keys_are_checked_before_bodies_on_every_route_group(server: GatewayServ
             response = client.post(path, content=big, headers=headers)
         assert_openai_error(response, status)
         assert response.headers.get("connection") == "close"
+
+
+# The OpenAPI document and Schemathesis --------------------------------------------------------------
+
+
+def test_schemathesis_fuzzes_every_body_and_finds_no_server_error(server: GatewayServer) -> None:
+    """Before: ``/openapi.json`` declared no request body for the inference and admin routes, so Schemathesis
+    (70,000 cases) only reached paths and headers."""
+    from lethe.benchmarks.fuzz import schemathesis_gateway
+
+    document = httpx.get(f"{server.base_url}/openapi.json").json()
+    writes = [(m, p, op) for p, item in document["paths"].items() for m, op in item.items() if m in ("post", "patch")]
+    without_body = [(m, p) for m, p, op in writes if "requestBody" not in op and not p.endswith("/cancel")]
+    assert without_body == [], without_body
+    assert document["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]["application/json"]
+    before = _registry_state(server)
+    report = schemathesis_gateway(server.base_url, API_KEY, ADMIN_KEY, max_examples=4, body_examples=30)
+    print("schemathesis:", {k: v for k, v in report.as_dict().items() if k != "findings"}, report.findings[:5])
+    assert report.cases_with_body >= 7 * 25, report.by_operation
+    assert report.server_errors == 0 and report.transport_errors == 0, report.findings
+    assert report.malformed_errors == 0, report.findings
+    assert "200" in report.statuses and "400" in report.statuses  # valid bodies got through, invalid ones did not
+    deadline = time.monotonic() + 30
+    while _registry_state(server) != before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _registry_state(server) == before
