@@ -115,7 +115,7 @@ def _scope(report: VerificationReport) -> str:
     rows = [
         ["recall, held-out in-scope prompts", scope.recall_heldout, scope.positives],
         ["false-positive rate, all held-out negatives", scope.fpr_heldout, scope.negatives],
-        ["false-positive rate, near-topic negatives", scope.fpr_near, None],
+        ["false-positive rate, the evaluation data's negatives", scope.fpr_negatives, None],
         ["false-positive rate, general test split", scope.fpr_general, None],
     ]
     return (

@@ -366,6 +366,41 @@ def test_report_routes_need_the_admin_key_and_a_ready_set(server: GatewayServer)
         assert_openai_error(admin.get("/admin/ui/secret.txt"), 404)
 
 
+def test_a_rerun_measures_the_operators_heldout_set_with_a_reference(
+    server: GatewayServer, world: dict, tiny_retain: Any
+) -> None:
+    """POST .../report: the operator's prompts give scope and leak, forget quality is measured against the truth
+    ratios of the tiny model that never saw the forget people, and the rows' figures the re-run cannot redo
+    (the rows are gone) are carried over, said so."""
+    from lethe.benchmarks.authors_world import WorldConfig, build_world
+    from lethe.training.data import parse_rows
+    from lethe.training.metrics import EvalTarget, score_rows, truth_ratios
+
+    forget_set_id = _ready_set(server, world)
+    heldout = build_world(WorldConfig.test()).rows("heldout")
+    forget_rows = parse_rows(world["forget"][:12], "forget")
+    reference = truth_ratios(score_rows(EvalTarget(tiny_retain), forget_rows)).tolist()
+    positives = [{"prompt": r["paraphrased_prompts"][-1], "kind": "operator paraphrase", "keywords": [r["value"]]}
+                 for r in world["forget"][:12]]  # fmt: skip
+    negatives = [{"prompt": r["prompt"], "kind": "held-out people", "keywords": [r["value"]]} for r in heldout[:12]]
+    body = {"evaluation": {"label": "test set", "positives": positives, "negatives": negatives,
+                           "forget_rows": world["forget"][:12], "reference_truth_ratios": reference,
+                           "nonmember_rows": heldout[:12]}}  # fmt: skip
+    with server.admin() as admin:
+        report = admin.post(f"/admin/forget-sets/{forget_set_id}/report", json=body).json()
+        assert_openai_error(admin.post(f"/admin/forget-sets/{forget_set_id}/report", json={"seed": "x"}), 400)
+    assert report["measured"]["by"] == "re-run"
+    assert report["scope"]["positives"] == 12 and report["scope"]["source"].startswith("test set")
+    assert report["scope"]["by_kind"]["held-out people"]["in_scope"] is False
+    assert report["leak"]["heldout"]["source"] == "test set"
+    privacy = report["privacy"]
+    assert privacy["rows"] == 12 and 0.0 <= privacy["forget_quality"] <= 1.0 and 0.0 <= privacy["mia_auc"] <= 1.0
+    assert report["earlier"]["recall_heldout"] is not None  # the job's own figures, kept
+    assert any(m["name"] == "retain" for m in report["utility"]["measures"])  # carried: the rows are gone
+    assert any("Carried over" in note for note in report["notes"])
+    assert "rows" not in report["lifecycle"] and report["lifecycle"]["events"][-1]["event"] == "re-verified"
+
+
 @needs_browser
 def test_console_deletes_after_confirmation(server: GatewayServer, browser: Any, world: dict) -> None:
     """Delete asks first; dismissing keeps the set, accepting removes it from the table and the registry."""
@@ -386,3 +421,26 @@ def test_console_deletes_after_confirmation(server: GatewayServer, browser: Any,
     _wait(lambda: _row(browser, forget_set_id) is None, what="the row to go")
     with server.admin() as admin:
         assert_openai_error(admin.get(f"/admin/forget-sets/{forget_set_id}"), 404)
+
+
+def test_the_schema_document_names_every_report_field() -> None:
+    """docs/verification-report.md documents every field of the report's models (they are the schema)."""
+    import re
+
+    from lethe.service import verification_report as report
+    from lethe.training import verification as figures
+
+    text = (REPO / "docs" / "verification-report.md").read_text()
+    models = (
+        report.VerificationReport, report.RequestPart, report.Lifecycle, report.KeyEvent, report.Measurement,
+        figures.RequestSummary, figures.ScopeFigures, figures.LeakFigures, figures.RevealLeak, figures.AnswerLeak,
+        figures.PrivacyFigures, figures.UtilityFigures, figures.UtilityMeasure, figures.FluencyFigures,
+        figures.LatencyFigures, report.ReportRun, figures.EvaluationSet,
+    )  # fmt: skip
+    missing = [
+        f"{model.__name__}.{name}"
+        for model in models
+        for name in model.model_fields
+        if not re.search(rf"`(?:[a-z_]+\.)*{name}(?:\.[a-z_]+)*`", text)
+    ]
+    assert missing == []

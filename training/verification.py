@@ -164,7 +164,10 @@ class ScopeFigures(Figures):
 
     recall_heldout: float | None = Field(description="flag rate on held-out in-scope prompts")
     fpr_heldout: float | None = Field(description="flag rate on every held-out negative (near-topic and general)")
-    fpr_near: float | None = Field(default=None, description="flag rate on held-out near-topic negatives")
+    fpr_negatives: float | None = Field(
+        default=None,
+        description="flag rate on the evaluation data's own negatives (the operator's, or retain paraphrases)",
+    )
     fpr_general: float | None = Field(default=None, description="flag rate on the general pool's test split")
     positives: int = 0
     negatives: int = 0
@@ -356,6 +359,13 @@ GENERAL_SOURCE = "the general pool's test split (classifier/data, never trained 
 # The run -----------------------------------------------------------------------------------------
 
 
+def spread(items: Sequence[Any], count: int) -> list[Any]:
+    """At most ``count`` items taken evenly across ``items`` (every kind of a grouped file gets its share)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[index * len(items) // count] for index in range(count)]
+
+
 class _Steps:
     """Progress over named steps, and the cancel check between them."""
 
@@ -412,7 +422,7 @@ def measure_scope(
     return ScopeFigures(
         recall_heldout=rates["positive"]["flag_rate"] if positives else None,
         fpr_heldout=flagged_negatives / len(negatives_all) if negatives_all else None,
-        fpr_near=rates["near"]["flag_rate"] if negatives else None,
+        fpr_negatives=rates["near"]["flag_rate"] if negatives else None,
         fpr_general=rates["general"]["flag_rate"],
         positives=len(positives),
         negatives=len(negatives_all),
@@ -673,7 +683,7 @@ def verify_forget_set(
     sources += [s for s in (source, GENERAL_SOURCE) if s]
 
     steps.start("answers")
-    answered = positives[:MAX_ANSWERED]
+    answered = spread(positives, MAX_ANSWERED)
     answers = answer_heldout(model, screen, answered) if answered else None
     leak = LeakFigures()
     fluency = FluencyFigures(source="no held-out in-scope prompts were answered")
@@ -693,15 +703,15 @@ def verify_forget_set(
     elif leak.heldout is not None:
         leak.rate, leak.basis = leak.heldout.rate, "held-out answers"
     if answers is None and reveal_pairs:  # fluency from the re-reveal's flagged answers
-        revealed = [EvalPrompt(prompt=q) for q, _ in reveal_pairs][:MAX_ANSWERED]
+        revealed = spread([EvalPrompt(prompt=q) for q, _ in reveal_pairs], MAX_ANSWERED)
         answers = answer_heldout(model, screen, revealed)
         fluency = measure_fluency(model, answers, "the re-reveal's questions, answered greedily")
 
     steps.start("utility")
     measures: list[UtilityMeasure] = []
     if evaluation is not None and negatives:
-        negative_answers = answer_heldout(model, screen, negatives[:MAX_ANSWERED])
-        keyed = keyword_utility_measure(negatives[:MAX_ANSWERED], negative_answers, evaluation.label)
+        sample = spread(negatives, MAX_ANSWERED)
+        keyed = keyword_utility_measure(sample, answer_heldout(model, screen, sample), evaluation.label)
         if keyed is not None:
             measures.append(keyed)
     if retain:
