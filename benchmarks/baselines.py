@@ -98,7 +98,7 @@ def _encode(model: LanguageModel, rows: Sequence[ForgetRow]) -> list[tuple[list[
     return out
 
 
-def _batch(items: Sequence[tuple[list[int], list[int]]], pad_id: int) -> Batch:
+def _batch(items: Sequence[tuple[list[int], list[int]]], pad_id: int, device: torch.device) -> Batch:
     width = max(len(p) + len(a) for p, a in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(items), width), dtype=torch.long)
@@ -108,7 +108,7 @@ def _batch(items: Sequence[tuple[list[int], list[int]]], pad_id: int) -> Batch:
         ids[row, : len(sequence)] = torch.tensor(sequence)
         mask[row, : len(sequence)] = 1
         labels[row, len(prompt) : len(sequence)] = torch.tensor(answer)
-    return ids, mask, labels
+    return ids.to(device), mask.to(device), labels.to(device)
 
 
 def sequence_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,7 +229,9 @@ def unlearn(
     started = time.perf_counter()
     tokenizer = base.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    model = copy.deepcopy(base.model)
+    # Trained in float32 on the base model's device (bf16 weights round most Adam steps away), served in its dtype.
+    model = copy.deepcopy(base.model).float()
+    device = base.device
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     model.train()
@@ -244,17 +246,17 @@ def unlearn(
         rng.shuffle(order)
         for start in range(0, len(order), config.batch_size):
             chunk = [forget_items[i] for i in order[start : start + config.batch_size]]
-            loss = method.forget_weight * method.forget_term(model, base.model, _batch(chunk, pad_id))
+            loss = method.forget_weight * method.forget_term(model, base.model, _batch(chunk, pad_id, device))
             passes += len(chunk) * method.passes_per_forget_row
             if retain_weight is not None:
                 retain_chunk = rng.sample(retain_items, min(len(chunk), len(retain_items)))
-                loss = loss + retain_weight * nll(model, _batch(retain_chunk, pad_id))
+                loss = loss + retain_weight * nll(model, _batch(retain_chunk, pad_id, device))
                 passes += len(retain_chunk)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             steps += 1
-    model.eval()
+    model.to(base.dtype).eval()
     wrapped = LanguageModel(model, tokenizer, name=f"{base.name}+{method.name}", path=base.path)
     return BaselineResult(wrapped, time.perf_counter() - started, steps, passes)

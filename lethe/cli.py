@@ -25,6 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lethe", description="Inference-time unlearning gateway for LLMs.")
     parser.add_argument("--home", help="cache folder for prepared models (LETHE_HOME, default ~/.cache/lethe)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (LETHE_THREADS)")
+    parser.add_argument(
+        "--device", help="where models run: auto (CUDA when present; the default), cpu, cuda or cuda:N (LETHE_DEVICE)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="weights' dtype: auto is bfloat16 on CUDA, float32 on the CPU (LETHE_DTYPE)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for register in _registrations():
         register(commands)

@@ -149,6 +149,7 @@ class ForgetSetArtifact:
         self.soft_prompt = soft_prompt
         self.cluster_centroids = cluster_centroids
         self.cluster_strengths = cluster_strengths
+        self._placed: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
         self._check()
 
     @property
@@ -165,6 +166,17 @@ class ForgetSetArtifact:
         """How the entities (and their surrogates) are spelled in tokens of the model ``fingerprint`` (cached)."""
         surrogates = tuple(sorted(self.manifest.parameters.surrogates.items()))
         return _mention_index(fingerprint, encode, tuple(self.entity_names), surrogates)
+
+    def placed(self, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+        """The soft prompt or the cluster centroids (``name``) on ``device`` in ``dtype``, copied there once."""
+        tensor = {"soft_prompt": self.soft_prompt, "cluster_centroids": self.cluster_centroids}[name]
+        if tensor is None:
+            return None
+        key = (name, device, dtype)
+        placed = self._placed.get(key)
+        if placed is None:
+            placed = self._placed.setdefault(key, tensor.to(device=device, dtype=dtype))
+        return placed
 
     def _check(self) -> None:
         validate_id(self.manifest.id)
@@ -208,8 +220,8 @@ class ForgetSetArtifact:
             if self.cluster_centroids is not None and self.cluster_strengths is not None:
                 save_file(
                     {
-                        "centroids": self.cluster_centroids.detach().float().contiguous(),
-                        "strengths": self.cluster_strengths.detach().float().contiguous(),
+                        "centroids": self.cluster_centroids.detach().float().cpu().contiguous(),
+                        "strengths": self.cluster_strengths.detach().float().cpu().contiguous(),
                     },
                     str(staging / ECO_CLUSTERS),
                 )
@@ -303,7 +315,7 @@ def _write_peft_prompt(folder: Path, embeddings: torch.Tensor, manifest: ForgetS
         "revision": None,
     }
     (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
-    save_file({PROMPT_TENSOR: embeddings.detach().float().contiguous()}, str(folder / ADAPTER_WEIGHTS))
+    save_file({PROMPT_TENSOR: embeddings.detach().float().cpu().contiguous()}, str(folder / ADAPTER_WEIGHTS))
 
 
 def _read_peft_prompt(folder: Path) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -50,11 +50,21 @@ def model_fingerprint(config: Mapping[str, Any], embedding_weight: torch.Tensor)
 class PromptEmbedder:
     """Renders prompts, tokenizes them with offsets and maps token ids to input embeddings."""
 
-    def __init__(self, tokenizer: Any, config: Mapping[str, Any], embedding_weight: torch.Tensor, name: str):
+    def __init__(
+        self,
+        tokenizer: Any,
+        config: Mapping[str, Any],
+        embedding_weight: torch.Tensor,
+        name: str,
+        fingerprint_weight: Callable[[], torch.Tensor] | None = None,
+    ):
+        """``fingerprint_weight`` gives the float32 matrix to fingerprint when ``embedding_weight`` is a rounded copy
+        (a model loaded in bfloat16), so an artifact's binding does not depend on the dtype it is served in."""
         self.tokenizer = tokenizer
         self.config = dict(config)
         self.embedding_weight = embedding_weight
         self.name = name
+        self._fingerprint_weight = fingerprint_weight or (lambda: self.embedding_weight)
         self._fingerprint: str | None = None
 
     @property
@@ -73,10 +83,15 @@ class PromptEmbedder:
         return self.embedding_weight.dtype
 
     @property
+    def device(self) -> torch.device:
+        """Where the embedding matrix (and so every prompt's embeddings) lives."""
+        return self.embedding_weight.device
+
+    @property
     def fingerprint(self) -> str:
         """Base-model fingerprint (computed once)."""
         if self._fingerprint is None:
-            self._fingerprint = model_fingerprint(self.config, self.embedding_weight)
+            self._fingerprint = model_fingerprint(self.config, self._fingerprint_weight())
         return self._fingerprint
 
     @property
@@ -152,4 +167,4 @@ class PromptEmbedder:
         index = ids if isinstance(ids, torch.Tensor) else torch.tensor(list(ids), dtype=torch.long)
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.vocab_size):
             raise ValueError("token id outside the embedding matrix")
-        return torch.nn.functional.embedding(index, self.embedding_weight)
+        return torch.nn.functional.embedding(index.to(self.device), self.embedding_weight)

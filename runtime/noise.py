@@ -35,15 +35,19 @@ def _lanes(seed: int) -> tuple[int, int, int]:
 def gaussian(
     seed: int, positions: torch.Tensor, dims: torch.Tensor | int, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """Standard normal noise ``(len(positions), len(dims))`` for the given sequence positions and dimensions.
+    """Standard normal noise for the given sequence positions and dimensions, computed on ``device``.
 
-    ``dims`` is a tensor of dimension indices or a count (the first ``dims`` dimensions).
+    ``dims`` is a count (the first ``dims`` dimensions of every position), a 1-D tensor of dimension indices
+    (the same for every position), both giving ``(len(positions), len(dims))``; or a 2-D tensor
+    ``(len(positions), k)`` of each position's own dimensions (a top-k selection), giving that shape.
+    A value depends only on ``(seed, position, dimension)``, however it is asked for.
     """
     device = positions.device if device is None else torch.device(device)
     position = positions.to(device=device, dtype=torch.int64).reshape(-1, 1) & _MASK
     if isinstance(dims, int):
         dims = torch.arange(dims, device=device)
-    dim = dims.to(device=device, dtype=torch.int64).reshape(1, -1) & _MASK
+    dim = dims.to(device=device, dtype=torch.int64)
+    dim = (dim.reshape(1, -1) if dim.dim() < 2 else dim) & _MASK
     low, high, top = _lanes(seed)
     key = _mix(_mix(position ^ low) ^ high ^ (top << 20))
     first = _mix(key ^ _mix(dim * 2 + 1 + (top << 24)))

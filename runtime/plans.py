@@ -44,13 +44,13 @@ def cluster_strength(
 ) -> float:
     """Strength of the cluster whose centroid is nearest (cosine) to the mean embedding of the masked tokens."""
     feature = mean_masked_embedding(embeds, mask).unsqueeze(0)
-    similarity = torch.nn.functional.cosine_similarity(feature, centroids.float(), dim=-1)
+    similarity = torch.nn.functional.cosine_similarity(feature, centroids.to(feature.device, torch.float32), dim=-1)
     return float(strengths[int(similarity.argmax())])
 
 
 def mean_masked_embedding(embeds: torch.Tensor, mask: Sequence[bool]) -> torch.Tensor:
     """The feature clusters are built on: mean embedding of the masked tokens."""
-    selected = embeds[torch.tensor(list(mask), dtype=torch.bool)]
+    selected = embeds[torch.tensor(list(mask), dtype=torch.bool, device=embeds.device)]
     return (selected if selected.shape[0] else embeds).float().mean(0)
 
 
@@ -99,7 +99,9 @@ def plan_for_flag(
         if artifact.cluster_centroids is not None and artifact.cluster_strengths is not None:
             if embeds is None:
                 raise ValueError("per-cluster strengths need the prompt's embeddings")
-            strength = cluster_strength(artifact.cluster_centroids, artifact.cluster_strengths, embeds, mask)
+            centroids = artifact.placed("cluster_centroids", embeds.device, torch.float32)
+            assert centroids is not None
+            strength = cluster_strength(centroids, artifact.cluster_strengths, embeds, mask)
         corruptions = (eco_step(params.eco, strength, mask, artifact.id, prompt.ids, request_seed),)
         if params.eco.scope == "sequence" or params.eco.function == "substitute":
             if embedder is None:
@@ -112,7 +114,10 @@ def plan_for_flag(
                     rewrites = tuple(step.index.rewrites(embedder.decode))
     soft_prompts: tuple[PrependStep, ...] = ()
     if artifact.soft_prompt is not None and artifact.soft_prompt.shape[0]:
-        soft_prompts = (PrependStep(artifact.soft_prompt),)
+        prompt_vectors = artifact.soft_prompt
+        if embedder is not None:  # kept on the model's device in its dtype, copied there once per artifact
+            prompt_vectors = artifact.placed("soft_prompt", embedder.device, embedder.dtype)
+        soft_prompts = (PrependStep(prompt_vectors),)
     return InterventionPlan(corruptions, entities, soft_prompts, rewrites)
 
 

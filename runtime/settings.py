@@ -1,4 +1,4 @@
-"""The runtime's settings: where prepared models live, which model, how many CPU threads.
+"""The runtime's settings: where prepared models live, which model, how many CPU threads, which device and dtype.
 
 Read from the environment (``LETHE_*``) and overridden by CLI flags. The gateway's settings
 (``lethe.service.settings.GatewaySettings``) extend this object, so one settings object
@@ -8,8 +8,9 @@ configures a whole process.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,11 +28,23 @@ class RuntimeSettings(BaseSettings):
     home: Path = Field(default=Path("~/.cache/lethe"), description="Cache for prepared models and worlds.")
     model: str = Field(default="smollm2", description="Built-in name, HF folder or GGUF file to serve.")
     threads: int = Field(default=0, description="torch CPU threads; 0 keeps torch's default.")
+    device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weights' dtype: auto is bfloat16 on CUDA, float32 on the CPU."
+    )
 
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("device", mode="after")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {value!r}")
+        return value
 
     @property
     def models_dir(self) -> Path:
@@ -46,5 +59,6 @@ class RuntimeSettings(BaseSettings):
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides: object) -> Self:
         """Settings from the environment, with the global flags and ``overrides`` (non-None) on top."""
-        values = {"home": getattr(args, "home", None), "threads": getattr(args, "threads", None), **overrides}
+        flags = {name: getattr(args, name, None) for name in ("home", "threads", "device", "dtype")}
+        values = {**flags, **overrides}
         return cls(**{k: v for k, v in values.items() if v is not None})

@@ -169,7 +169,7 @@ class LocalBackend:
         self.served_names = list(served_names) or [model.name]
         self.generation_defaults = generation_defaults or GenerationDefaults()
         self.batcher = MicroBatcher(
-            model.decode_steps, max_batch_size, batch_window_s, max_pending, decode_workers, on_batch
+            model.open_batch, max_batch_size, batch_window_s, max_pending, decode_workers, on_batch
         )
         self._scoring = ThreadPoolExecutor(max_workers=max(1, scoring_threads), thread_name_prefix="lethe-score")
         self._scoring_inflight = 0

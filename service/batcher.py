@@ -1,19 +1,20 @@
-"""Micro-batching of concurrent generations on worker threads.
+"""Continuous (iteration-level) batching of concurrent generations on worker threads.
 
-A worker takes the oldest waiting request and, when other generations are already waiting or
-running (so company is likely), keeps collecting for ``window_s`` or until the batch is full; an
-idle server starts a lone request at once. It then decodes the batch with ``decode_steps`` and
-hands each step's events to the requests' sinks. Rows are independent (each has its own
-generator), so a request's tokens do not depend on its batch-mates.
+A worker runs one ``DecodeBatch`` at a time. Between any two decoding steps, requests waiting in
+the queue join the running batch (prefilled together, up to ``max_batch_size`` rows) and every
+row that finished (or whose client went away) leaves it, so a short request never waits for a
+long one to end and a finished row frees its slot at once. Rows are independent (each has its
+own generator and positions), so a request's tokens do not depend on its batch company or on
+when it joined. An idle worker that takes a request while others are already generating waits
+up to ``window_s`` for company, so simultaneous arrivals share one prefill.
 
-Worker ``i`` only takes work while workers ``0..i-1`` are all decoding. A lone stream of
-requests therefore always runs on worker 0 (one thread, one OpenMP team, warm caches), while a
-request that arrives during a long batch starts at once on the next worker instead of waiting
-for that batch to end (the decoder cannot add rows to a running batch).
+Worker ``i`` only takes work while workers ``0..i-1`` are all full (``max_batch_size`` rows, or
+a batch that cannot take rows). A lone stream of requests therefore always runs on worker 0 (one
+thread, one OpenMP team, warm caches); further workers only start once the first batch is full.
 The queue is bounded: ``submit`` raises ``Overloaded`` when it is full.
 
-One row's failure never fails its batch company: when a batch of several rows raises, each row
-that has not finished is decoded again on its own, its already delivered steps replayed silently
+One row's failure never fails its batch company: when a step (or a join) raises, each row that
+has not finished is decoded again on its own, its already delivered steps replayed silently
 (every row gets a concrete seed at submission, so a replay draws the same tokens; a replay that
 differs fails that row). Only the row that fails alone gets the error.
 """
@@ -26,20 +27,40 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 import torch
 
-from lethe.runtime.generation import SamplingParams, StepEvent
+from lethe.runtime.generation import Guide, SamplingParams, StepEvent
 
 logger = logging.getLogger("lethe.batcher")
 
-# ``decode_steps(embeds, params)``, or ``(embeds, params, guides)`` when a row's plan must keep acting while it
-# generates (``LanguageModel.guide``: entity mentions in generated tokens, surrogate names written back).
-DecodeSteps = Callable[..., Iterator[list[StepEvent]]]
 Sink = Callable[[StepEvent | BaseException], None]
+
+
+class RunningBatch(Protocol):
+    """What the batcher drives: ``lethe.runtime.generation.DecodeBatch`` (``LanguageModel.open_batch``)."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def can_join(self) -> bool: ...
+
+    def join(
+        self,
+        prompts: Sequence[torch.Tensor],
+        params: Sequence[SamplingParams],
+        guides: Sequence[Guide | None] | None = None,
+    ) -> list[int]: ...
+
+    def step(self) -> list[StepEvent]: ...
+
+    def leave(self, keys: Sequence[int]) -> None: ...
+
+
+OpenBatch = Callable[[], RunningBatch]
 
 
 class Overloaded(RuntimeError):
@@ -51,7 +72,7 @@ class _Request:
     embeds: torch.Tensor
     params: SamplingParams
     sink: Sink
-    guide: object | None = None
+    guide: Guide | None = None
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     done: bool = False
@@ -64,24 +85,37 @@ class _Request:
         except Exception:  # the consumer went away (e.g. its event loop closed): drop the row
             self.cancelled = True
 
+    def hand_on(self, event: StepEvent) -> None:
+        """Deliver one step's event (unless abandoned), remembering its token for a replay."""
+        if event.finished:
+            self.done = True
+        if not self.cancelled:
+            self.delivered.append(event.token_id)
+            self.deliver(event)
+
+    @property
+    def over(self) -> bool:
+        """Finished or abandoned: the row needs no more steps."""
+        return self.done or self.cancelled
+
 
 class GenerationHandle:
-    """Lets the submitter abandon its request (its row's events are then dropped)."""
+    """Lets the submitter abandon its request (its row leaves the batch before the next step)."""
 
     def __init__(self, request: _Request):
         self._request = request
 
     def cancel(self) -> None:
-        """Stop delivering events; a batch whose rows are all cancelled stops decoding."""
+        """Stop delivering events; the row leaves its batch at the next step."""
         self._request.cancelled = True
 
 
 class MicroBatcher:
-    """Bounded queue of generation requests decoded in micro-batches by worker threads."""
+    """Bounded queue of generation requests, decoded by worker threads in running batches rows join and leave."""
 
     def __init__(
         self,
-        decode_steps: DecodeSteps,
+        open_batch: OpenBatch,
         max_batch_size: int = 8,
         window_s: float = 0.005,
         max_pending: int = 64,
@@ -90,15 +124,15 @@ class MicroBatcher:
     ):
         if max_batch_size < 1 or workers < 1 or max_pending < 1:
             raise ValueError("batch size, workers and queue depth must be >= 1")
-        self._decode_steps = decode_steps
+        self._open_batch = open_batch
         self.max_batch_size = max_batch_size
         self.window_s = max(0.0, window_s)
         self.max_pending = max_pending
         self.on_batch: Callable[[int], None] = on_batch or (lambda size: None)
         self._waiting: deque[_Request] = deque()
         self._state = threading.Condition()
-        self._busy = [False] * workers
-        self._running = 0
+        self._rows = [0] * workers  # rows each worker is decoding
+        self._closed = [False] * workers  # a worker whose batch cannot take rows now
         self._workers = [
             threading.Thread(target=self._work, args=(i,), name=f"lethe-decode-{i}", daemon=True)
             for i in range(workers)
@@ -114,7 +148,7 @@ class MicroBatcher:
     @property
     def running(self) -> int:
         """Rows being decoded."""
-        return self._running
+        return sum(self._rows)
 
     @property
     def alive(self) -> bool:
@@ -129,7 +163,7 @@ class MicroBatcher:
                 worker.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the workers after their current batch; requests still waiting get an error."""
+        """Stop the workers once their running rows finish; requests still waiting get an error."""
         with self._state:
             self._stopping = True
             left = list(self._waiting)
@@ -142,7 +176,7 @@ class MicroBatcher:
                 worker.join(timeout)
 
     def submit(
-        self, embeds: torch.Tensor, params: SamplingParams, sink: Sink, guide: object | None = None
+        self, embeds: torch.Tensor, params: SamplingParams, sink: Sink, guide: Guide | None = None
     ) -> GenerationHandle:
         """Queue one prompt's embeddings (and its generation guide, if any); events (or an exception) go to
         ``sink`` from a worker thread."""
@@ -158,98 +192,131 @@ class MicroBatcher:
             self._state.notify_all()
         return GenerationHandle(request)
 
+    def _full(self, index: int) -> bool:
+        return self._closed[index] or self._rows[index] >= self.max_batch_size
+
+    def _may_take(self, index: int) -> bool:
+        """Whether worker ``index`` may take waiting work: every worker before it is full."""
+        return bool(self._waiting) and all(self._full(j) for j in range(index))
+
     def _collect(self, index: int) -> list[_Request] | None:
-        """Worker ``index``'s next batch (marking it busy), or ``None`` when told to stop."""
+        """An idle worker's first rows (marking them its own), or ``None`` when told to stop."""
         with self._state:
-            self._state.wait_for(lambda: self._stopping or (bool(self._waiting) and all(self._busy[:index])))
+            self._state.wait_for(lambda: self._stopping or self._may_take(index))
             if self._stopping:
                 return None
-            batch = [self._waiting.popleft()]
-            company_likely = bool(self._waiting) or self._running > 0
+            taken = [self._waiting.popleft()]
+            company_likely = bool(self._waiting) or self.running > 0
             deadline = time.monotonic() + (self.window_s if company_likely else 0.0)
-            while len(batch) < self.max_batch_size:
+            while len(taken) < self.max_batch_size:
                 if self._waiting:
-                    batch.append(self._waiting.popleft())
+                    taken.append(self._waiting.popleft())
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stopping:
                     break
                 self._state.wait(remaining)
-            self._busy[index] = True
-            self._running += len(batch)
-            self._state.notify_all()
-        return batch
+            self._set_rows(index, len(taken))
+        return taken
 
-    def _release(self, index: int, rows: int) -> None:
+    def _take_more(self, index: int, rows: int, can_join: bool) -> list[_Request]:
+        """Waiting requests a running worker adds to its batch of ``rows`` rows now (none when it cannot)."""
         with self._state:
-            self._busy[index] = False
-            self._running -= rows
-            self._state.notify_all()
+            self._closed[index] = not can_join
+            taken: list[_Request] = []
+            if can_join and not self._stopping and all(self._full(j) for j in range(index)):
+                while self._waiting and rows + len(taken) < self.max_batch_size:
+                    taken.append(self._waiting.popleft())
+            self._set_rows(index, rows + len(taken))
+        return taken
+
+    def _set_rows(self, index: int, rows: int) -> None:
+        """Record worker ``index``'s row count (under the lock) and wake workers that wait on it."""
+        self._rows[index] = rows
+        if rows == 0:
+            self._closed[index] = False
+        self._state.notify_all()
 
     def _work(self, index: int) -> None:
         while True:
-            batch = self._collect(index)
-            if batch is None:
+            taken = self._collect(index)
+            if taken is None:
                 return
             try:
-                live = [r for r in batch if not r.cancelled]
-                if live:
-                    self._run(live)
+                self._run(index, taken)
+            except Exception:  # never lose the worker thread
+                logger.exception("decode worker %d failed", index)
             finally:
-                self._release(index, len(batch))
+                with self._state:
+                    self._set_rows(index, 0)
 
-    def _run(self, batch: list[_Request]) -> None:
-        self.on_batch(len(batch))
-        failure = self._decode(batch, [0] * len(batch))
-        if failure is None:
-            return
-        logger.error("decoding a batch of %d failed: %s", len(batch), type(failure).__name__)
+    def _run(self, index: int, newcomers: list[_Request]) -> None:
+        """Decode until the batch is empty and nothing more may join, taking waiting requests at every step."""
+        batch = self._open_batch()
+        rows: dict[int, _Request] = {}
+        while True:
+            joining = [r for r in newcomers if not r.cancelled]
+            if joining:
+                try:  # a failed join leaves the running rows as they were: only the newcomers are isolated
+                    keys = batch.join([r.embeds for r in joining], [r.params for r in joining],
+                                      [r.guide for r in joining])  # fmt: skip
+                except Exception as failure:
+                    self._isolate(index, joining, failure)
+                else:
+                    rows.update(zip(keys, joining, strict=True))
+                    self.on_batch(len(batch))
+            if rows:
+                try:
+                    for event in batch.step():
+                        rows[event.row].hand_on(event)
+                except Exception as failure:
+                    self._isolate(index, [r for r in rows.values() if not r.over], failure)
+                    batch, rows = self._open_batch(), {}
+                gone = [key for key, request in rows.items() if request.over]
+                batch.leave([key for key in gone if not rows[key].done])
+                for key in gone:
+                    del rows[key]
+            newcomers = self._take_more(index, len(rows), batch.can_join)
+            if not rows and not newcomers:
+                return
+
+    def _isolate(self, index: int, requests: list[_Request], failure: BaseException) -> None:
+        """After a failed step: decode each unfinished row alone; only a row that fails alone gets an error."""
+        logger.error("decoding a batch of %d failed: %s", len(requests), type(failure).__name__)
         logger.debug("decoding failure", exc_info=failure)
-        if len(batch) == 1:
-            self._fail(batch[0], failure)
+        if len(requests) == 1:
+            self._fail(requests[0], failure)
             return
-        for request in batch:  # isolate: each unfinished row alone, its delivered steps replayed silently
-            if request.done or request.cancelled:
-                continue
-            alone = self._decode([request], [len(request.delivered)])
+        with self._state:
+            self._closed[index] = True  # decoding rows one by one: the next worker takes new work meanwhile
+            self._state.notify_all()
+        for request in requests:
+            alone = self._decode_alone(request)
             if alone is not None:
                 logger.debug("a row failed alone: %s", type(alone).__name__)
                 self._fail(request, alone)
 
     @staticmethod
     def _fail(request: _Request, error: BaseException) -> None:
-        if not request.done and not request.cancelled:
+        if not request.over:
             request.deliver(error)
 
-    def _decode(self, batch: list[_Request], replay: list[int]) -> BaseException | None:
-        """Decode ``batch``, delivering each row's events after its first ``replay[row]`` steps (which must repeat
-        the tokens already delivered); the exception that stopped it, if any."""
-        steps = None
-        seen = [0] * len(batch)
+    def _decode_alone(self, request: _Request) -> BaseException | None:
+        """Decode one row in a batch of its own, its delivered steps replayed silently (they must draw the same
+        tokens); the exception that stopped it, if any."""
+        replay = len(request.delivered)
+        seen = 0
         try:
-            inputs: list[list[Any]] = [[r.embeds for r in batch], [r.params for r in batch]]
-            if any(r.guide is not None for r in batch):
-                inputs.append([r.guide for r in batch])
-            steps = self._decode_steps(*inputs)
-            for events in steps:
-                for event in events:
-                    request = batch[event.row]
-                    step = seen[event.row]
-                    seen[event.row] += 1
-                    if step < replay[event.row]:
+            batch = self._open_batch()
+            batch.join([request.embeds], [request.params], [request.guide])
+            while batch and not request.over:
+                for event in batch.step():
+                    step, seen = seen, seen + 1
+                    if step < replay:
                         if request.delivered[step] != event.token_id:
                             raise RuntimeError("a replayed row drew other tokens than it delivered")
                         continue
-                    if event.finished:
-                        request.done = True
-                    if not request.cancelled:
-                        request.delivered.append(event.token_id)
-                        request.deliver(event)
-                if all(r.done or r.cancelled for r in batch):
-                    break
+                    request.hand_on(event)
         except Exception as exc:
             return exc
-        finally:
-            if steps is not None and hasattr(steps, "close"):
-                steps.close()
         return None

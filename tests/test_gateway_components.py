@@ -1,4 +1,4 @@
-"""Gateway parts on their own, with real components: the SQLite registry and the micro-batcher."""
+"""Gateway parts on their own, with real components: the SQLite registry and the continuous batcher."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from lethe.runtime.generation import SamplingParams, StepEvent
+from lethe.runtime.generation import DecodeBatch, SamplingParams, StepEvent
 from lethe.runtime.model import LanguageModel
 from lethe.service.batcher import MicroBatcher, Overloaded
 from lethe.service.registry import INTERRUPTED, Registry
@@ -67,6 +68,31 @@ def test_debris_is_collected_and_only_ready_folders_stay(tmp_path: Path) -> None
     assert registry.set_enabled("fs-nope00000000", True) is None
 
 
+class HeldBatch(DecodeBatch):
+    """The real running batch of ``model``, whose steps wait for ``gate`` and which notes the worker driving it;
+    ``poison`` rows make its third step raise."""
+
+    def __init__(self, model: LanguageModel, gate: threading.Event, threads: list[str] | None = None,
+                 poison: list[torch.Tensor] | None = None):  # fmt: skip
+        super().__init__(model.decoder)
+        self.gate, self.poison = gate, poison or []
+        self.prompts: list[torch.Tensor] = []
+        self.steps = 0
+        if threads is not None:
+            threads.append(threading.current_thread().name)
+
+    def join(self, prompts, params, guides=None):  # type: ignore[no-untyped-def]
+        self.prompts += list(prompts)
+        return super().join(prompts, params, guides)
+
+    def step(self) -> list[StepEvent]:
+        assert self.gate.wait(30)
+        self.steps += 1
+        if self.steps == 3 and any(e is p for e in self.prompts for p in self.poison):
+            raise RuntimeError("this row cannot go on")
+        return super().step()
+
+
 def _collect(batcher: MicroBatcher, embeds, params, results: dict, key: int, done: threading.Event) -> None:
     parts: list[str] = []
 
@@ -84,7 +110,7 @@ def _collect(batcher: MicroBatcher, embeds, params, results: dict, key: int, don
     batcher.submit(embeds, params, sink)
 
 
-def test_the_batcher_batches_waiting_requests_and_each_row_equals_its_own_generation(
+def test_requests_join_the_running_batch_mid_decode_and_each_row_equals_its_own_generation(
     tiny_full: LanguageModel,
 ) -> None:
     from lethe.benchmarks.authors_world import WorldConfig, build_world
@@ -92,20 +118,21 @@ def test_the_batcher_batches_waiting_requests_and_each_row_equals_its_own_genera
     questions = [r["prompt"] for r in build_world(WorldConfig.test()).rows("retain")[:5]]
     prompts = [tiny_full.chat_prompt([{"role": "user", "content": q}]) for q in questions]
     params = [
-        SamplingParams(max_new_tokens=4),
+        SamplingParams(max_new_tokens=24),
         SamplingParams(max_new_tokens=16),
         SamplingParams(max_new_tokens=4),
         SamplingParams(max_new_tokens=16, temperature=1.0, seed=3),
         SamplingParams(max_new_tokens=0),
     ]
     gate = threading.Event()
+    batches: list[HeldBatch] = []
 
-    def gated_steps(embeds, sampling):  # the real decoder; the first batch waits until all are queued
-        gate.wait(30)
-        yield from tiny_full.decode_steps(embeds, sampling)
+    def open_batch() -> HeldBatch:  # the real decoder; its steps wait until every request is queued
+        batches.append(HeldBatch(tiny_full, gate))
+        return batches[-1]
 
     sizes: list[int] = []
-    batcher = MicroBatcher(gated_steps, max_batch_size=8, window_s=0.05, max_pending=8, on_batch=sizes.append)
+    batcher = MicroBatcher(open_batch, max_batch_size=8, window_s=0.05, max_pending=8, on_batch=sizes.append)
     batcher.start()
     try:
         results: dict = {"expected": len(prompts) + 1}
@@ -114,6 +141,10 @@ def test_the_batcher_batches_waiting_requests_and_each_row_equals_its_own_genera
         deadline = time.monotonic() + 10
         while batcher.running == 0 and time.monotonic() < deadline:
             time.sleep(0.001)
+        gate.set()
+        while (not batches or batches[0].steps < 3) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        gate.clear()  # the first row is a few tokens in: the others join its batch, not a new one
         for key in range(1, len(prompts)):
             _collect(batcher, tiny_full.prompt_embeddings(prompts[key]), params[key], results, key, done)
         gate.set()
@@ -121,7 +152,7 @@ def test_the_batcher_batches_waiting_requests_and_each_row_equals_its_own_genera
     finally:
         gate.set()
         batcher.stop()
-    assert sizes == [1, 4]
+    assert len(batches) == 1 and sizes == [1, 5], (len(batches), sizes)
     for key, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
         assert results[key] == tiny_full.generate(prompt, p).text
 
@@ -131,12 +162,7 @@ def test_the_batcher_refuses_work_beyond_its_queue(tiny_full: LanguageModel) -> 
     embeds = tiny_full.prompt_embeddings(prompt)
     params = SamplingParams(max_new_tokens=8)
     gate = threading.Event()
-
-    def gated_steps(prompts, sampling):  # the real decoder, held until the queue is full
-        gate.wait(30)
-        yield from tiny_full.decode_steps(prompts, sampling)
-
-    batcher = MicroBatcher(gated_steps, max_batch_size=1, window_s=0.0, max_pending=1)
+    batcher = MicroBatcher(lambda: HeldBatch(tiny_full, gate), max_batch_size=1, window_s=0.0, max_pending=1)
     with pytest.raises(Overloaded):
         batcher.submit(embeds, params, lambda item: None)  # not started yet
     batcher.start()
@@ -153,7 +179,7 @@ def test_the_batcher_refuses_work_beyond_its_queue(tiny_full: LanguageModel) -> 
             time.sleep(0.001)
         assert batcher.running == 1 and batcher.pending == 0
         batcher.submit(embeds, params, sink)
-        assert batcher.pending == 1
+        assert batcher.pending == 1  # the batch is full (one row): it waits
         with pytest.raises(Overloaded):
             batcher.submit(embeds, params, sink)
         gate.set()
@@ -167,20 +193,16 @@ def test_the_batcher_refuses_work_beyond_its_queue(tiny_full: LanguageModel) -> 
         batcher.stop()
 
 
-def test_a_lone_stream_stays_on_the_first_worker_and_a_busy_one_gets_help(tiny_full: LanguageModel) -> None:
+def test_a_lone_stream_stays_on_the_first_worker_and_a_full_one_gets_help(tiny_full: LanguageModel) -> None:
     prompt = tiny_full.chat_prompt([{"role": "user", "content": "Hello there."}])
     embeds = tiny_full.prompt_embeddings(prompt)
     params = SamplingParams(max_new_tokens=4)
     threads: list[str] = []
     gate = threading.Event()
     gate.set()
-
-    def recording_steps(prompts, sampling):  # the real decoder, noting which worker runs it
-        threads.append(threading.current_thread().name)
-        gate.wait(30)
-        yield from tiny_full.decode_steps(prompts, sampling)
-
-    batcher = MicroBatcher(recording_steps, max_batch_size=8, window_s=0.0, max_pending=8, workers=2)
+    batcher = MicroBatcher(
+        lambda: HeldBatch(tiny_full, gate, threads), max_batch_size=1, window_s=0.0, max_pending=8, workers=2
+    )
     batcher.start()
 
     def run_one() -> threading.Event:
@@ -201,7 +223,7 @@ def test_a_lone_stream_stays_on_the_first_worker_and_a_busy_one_gets_help(tiny_f
                 time.sleep(0.001)
         assert threads == ["lethe-decode-0"] * 6
         threads.clear()
-        gate.clear()  # worker 0 is now stuck in a long batch...
+        gate.clear()  # worker 0 now holds a full batch (one row)...
         held = run_one()
         wait_for_threads(1)
         second = run_one()  # ...so the next request starts on worker 1 instead of waiting
@@ -261,17 +283,13 @@ def test_a_failing_row_fails_alone_and_its_batch_company_is_answered(tiny_full: 
     ]
     expected = [tiny_full.generate(p, s).text for p, s in zip(prompts[:5], innocent[:5], strict=True)]
     gate = threading.Event()
-    poison: list[object] = []
+    poison: list[torch.Tensor] = []
     sizes: list[int] = []
-
-    def steps(batch_embeds, sampling):  # the real decoder; a batch holding the poisoned row breaks at its 3rd step
-        gate.wait(30)
-        for step, events in enumerate(tiny_full.decode_steps(batch_embeds, sampling)):
-            if step == 2 and any(e is p for e in batch_embeds for p in poison):
-                raise RuntimeError("this row cannot go on")
-            yield events
-
-    batcher = MicroBatcher(steps, max_batch_size=8, window_s=0.2, max_pending=16, on_batch=sizes.append)
+    # The real decoder; a batch holding the poisoned row breaks at its 3rd step.
+    batcher = MicroBatcher(
+        lambda: HeldBatch(tiny_full, gate, poison=poison), max_batch_size=8, window_s=0.2, max_pending=16,
+        on_batch=sizes.append,
+    )  # fmt: skip
     batcher.start()
     try:
         degenerate = SamplingParams(max_new_tokens=6, temperature=1e-300)

@@ -256,7 +256,7 @@ def kmeans_centroids(features: torch.Tensor, clusters: int, seed: int) -> torch.
     """Spherical k-means centroids ``(clusters, hidden)`` of unit-normalized features."""
     from sklearn.cluster import KMeans
 
-    unit = torch.nn.functional.normalize(features.float(), dim=-1).numpy()
+    unit = torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
     fitted = KMeans(n_clusters=clusters, n_init=10, random_state=seed).fit(unit)
     return torch.nn.functional.normalize(torch.from_numpy(fitted.cluster_centers_).float(), dim=-1)
 

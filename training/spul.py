@@ -138,9 +138,10 @@ def initial_prompt(model: LanguageModel, config: SpulConfig, seed: int) -> torch
         if not ids:
             raise ValueError("spul.init_text encodes to no tokens")
         repeated = (ids * math.ceil(config.num_virtual_tokens / len(ids)))[: config.num_virtual_tokens]
-        return weight[torch.tensor(repeated)].clone()
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(config.num_virtual_tokens, weight.shape[1], generator=generator) * float(weight.std())
+        return weight[torch.tensor(repeated, device=weight.device)].clone()
+    generator = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same start on every device
+    noise = torch.randn(config.num_virtual_tokens, weight.shape[1], generator=generator)
+    return noise.to(weight.device) * float(weight.std())
 
 
 @dataclass
@@ -187,12 +188,12 @@ class SpulLoss:
         """Total loss and its parts."""
         model = self.model
         parts: dict[str, float] = {}
-        total = torch.zeros(())
+        total = torch.zeros((), device=model.device)
         if forget:
             plans = self.forget_plans(soft_prompt, [s for s, _ in forget], request_seed)
             prompts = [s.prompt.ids for s, _ in forget]
             if self.task is not None:
-                true = torch.tensor([self.task.index(t, "a forget row") for _, t in forget])
+                true = torch.tensor([self.task.index(t, "a forget row") for _, t in forget], device=model.device)
                 logq = self.task.logprobs(model, prompts, plans, grad, self.config.score_batch_size)
                 forget_loss = self.task.forget_loss(logq, true)
             else:
@@ -216,12 +217,16 @@ class SpulLoss:
         if self.task is not None:
             logq = self.task.logprobs(model, [i.prompt_ids for i in retain], plans, grad, self.config.score_batch_size)
             clean = torch.stack([i.clean for i in retain if i.clean is not None])
-            return self.task.retain_loss(logq, torch.tensor([i.label for i in retain])), self.task.kl(clean, logq)
+            labels = torch.tensor([i.label for i in retain], device=logq.device)
+            return self.task.retain_loss(logq, labels), self.task.kl(clean, logq)
         with torch.enable_grad() if grad else torch.no_grad():
             embeds = [model.prompt_embeddings(list(i.prompt_ids), p) for i, p in zip(retain, plans, strict=True)]
             prompted = answer_log_distributions(model, embeds, [i.answer for i in retain])
         nll = torch.stack(
-            [-d.gather(-1, torch.tensor(i.answer).unsqueeze(-1)).mean() for d, i in zip(prompted, retain, strict=True)]
+            [
+                -d.gather(-1, torch.tensor(i.answer, device=d.device).unsqueeze(-1)).mean()
+                for d, i in zip(prompted, retain, strict=True)
+            ]
         ).mean()
         kl = torch.stack(
             [
@@ -374,7 +379,7 @@ def _label_check(
         ]  # fmt: skip
     logq = torch.log(torch.stack(draws_logq).exp().mean(dim=0))
     working = ~task.forgotten(logq, true, loss.config.tolerance)
-    true_q = logq[torch.arange(len(true)), torch.tensor(list(true))].exp()
+    true_q = logq.cpu()[torch.arange(len(true)), torch.tensor(list(true))].exp()
     log.append({"step": step, "working_set": int(working.sum()), "mean_true_label_probability": float(true_q.mean())})
     return working
 
@@ -426,7 +431,7 @@ class _Optimizer:
         update = torch.zeros_like(self.prompt)
         for direction in range(self.config.zo_directions):
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.count * 101 + direction)
-            z = torch.randn(self.prompt.shape, generator=generator)
+            z = torch.randn(self.prompt.shape, generator=generator).to(self.prompt.device)
             plus, _ = loss(self.prompt + self.eps * z, False)
             minus, _ = loss(self.prompt - self.eps * z, False)
             gradient = float(plus - minus) / (2 * self.eps)

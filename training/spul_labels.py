@@ -117,13 +117,13 @@ class LabelTask:
         if self.target == "uniform":
             return (-math.log(count) - logq).mean(dim=1).mean()
         wrong = torch.ones_like(logq, dtype=torch.bool)
-        wrong[torch.arange(len(true)), true] = False
+        wrong[torch.arange(len(true), device=logq.device), true.to(logq.device)] = False
         return -(logq[wrong].view(len(true), count - 1)).mean(dim=1).mean()
 
     @staticmethod
     def retain_loss(logq: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
         """Mean ``-log q(true label)``."""
-        return -logq[torch.arange(len(true)), true].mean()
+        return -logq[torch.arange(len(true), device=logq.device), true.to(logq.device)].mean()
 
     @staticmethod
     def kl(clean: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
@@ -134,5 +134,5 @@ class LabelTask:
         """Which rows are forgotten: ``q(true)`` under ``1/K - tolerance`` (``perturbed``) or ``1/K + tolerance``."""
         chance = 1.0 / logq.shape[1]
         level = chance - tolerance if self.target == "perturbed" else chance + tolerance
-        true_q = logq.detach()[torch.arange(len(true)), torch.tensor(list(true))].exp().numpy()
+        true_q = logq.detach().cpu()[torch.arange(len(true)), torch.tensor(list(true))].exp().numpy()
         return true_q < level
