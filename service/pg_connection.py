@@ -30,15 +30,17 @@ STATEMENT_TIMEOUT_MS = 30_000
 IDLE_CHECK_AFTER_S = 1.0
 MAX_IDLE = 4
 RETRY_AFTER_S = "2"
+STOP_POLL_S = 0.5
 
 
 class RegistryUnavailable(APIError):
-    """The shared registry's database cannot be reached: a 503 the client may retry."""
+    """The shared registry's database cannot be reached (or gave up on a transaction: a deadlock, a timeout):
+    a 503 the client may retry."""
 
     def __init__(self) -> None:
         super().__init__(
             503,
-            "The forget-set registry's database is unreachable; retry shortly.",
+            "The forget-set registry's database is unavailable; retry shortly.",
             SERVER,
             None,
             "registry_unavailable",
@@ -138,11 +140,14 @@ def listen(url: str, channel: str, on_change: Callable[[], None], stop: threadin
                 conn.execute(f"LISTEN {channel}")
                 backoff = 0.2
                 _call(on_change)  # whatever changed while this connection did not listen
+                synced = time.monotonic()
                 while not stop.is_set():
-                    # The generator ends at the first notification (then the rest already queued) or after interval.
-                    list(conn.notifies(timeout=interval, stop_after=1))
-                    list(conn.notifies(timeout=0))
-                    _call(on_change)
+                    # Short waits, so that ``stop`` is seen within STOP_POLL_S.
+                    changed = list(conn.notifies(timeout=STOP_POLL_S, stop_after=1))
+                    if changed or time.monotonic() - synced >= interval:
+                        list(conn.notifies(timeout=0))  # the rest already queued: one re-sync covers them
+                        _call(on_change)
+                        synced = time.monotonic()
         except DATABASE_DOWN as exc:
             logger.warning("registry listener lost its connection (%s); reconnecting", type(exc).__name__)
             stop.wait(backoff)

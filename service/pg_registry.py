@@ -232,6 +232,10 @@ class PgRegistry:
         """Delete a forget set (cancelling its active job, remembering the id, dropping an unshared archive)."""
         now = utc_now()
         with self._db.transaction() as conn:
+            owner = conn.execute("SELECT job_id FROM forget_sets WHERE id = %s", (forget_set_id,)).fetchone()
+            if owner is not None and owner[0] is not None:
+                # The job row first, as publish and the other job transitions lock it: no deadlock between them.
+                conn.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (owner[0],))
             row = conn.execute(
                 "DELETE FROM forget_sets WHERE id = %s RETURNING job_id, artifact_sha256", (forget_set_id,)
             ).fetchone()

@@ -8,7 +8,8 @@ mid-job leaves nothing live, and another worker finishes the job; a cancel works
 replica; PostgreSQL stopped and started under load: replicas keep serving with the forget sets
 they hold, admin calls answer 503 in the API's error format meanwhile, everything resumes without
 a restart. Underneath, with the database alone: migrations applied once by concurrent starters,
-exclusive claims, and a job whose workers keep dying retried a bounded number of times.
+exclusive claims, and a job whose workers keep dying retried a bounded number of times. A change made
+behind the notifications' back (a direct UPDATE) is found by the periodic re-sync.
 
 PostgreSQL comes from Debian's ``postgresql`` package (``scripts/install_postgres.sh``, run by
 ``scripts/setup.sh``); these tests are skipped, saying why, only where it cannot be installed.
@@ -223,6 +224,22 @@ def test_toggles_reach_the_other_replica_within_two_seconds(stack: dict[str, Any
     print(f"toggles: median {statistics.median(delays):.3f} s, max {max(delays):.3f} s")
     assert max(delays) < PROPAGATION_LIMIT_S, delays
     assert statistics.median(delays) < 0.5, delays
+
+
+def test_a_change_without_a_notification_is_picked_up_by_the_periodic_resync(
+    stack: dict[str, Any], trained: dict[str, Any], pg: PostgresServer
+) -> None:
+    from lethe.service.forget_sets import RESYNC_INTERVAL_S
+
+    # An operator's direct UPDATE sends no NOTIFY: only the re-sync every RESYNC_INTERVAL_S finds it.
+    pg.query(stack["url"], "UPDATE forget_sets SET enabled = FALSE WHERE id = %s", (trained["id"],))
+    changed = time.monotonic()
+    with stack["a"].admin() as admin_a, stack["b"].admin() as admin_b:
+        for admin in (admin_a, admin_b):
+            _until(lambda admin=admin: trained["id"] not in _flagged(admin, trained["conversation"]), timeout=30)
+        assert time.monotonic() - changed < RESYNC_INTERVAL_S + PROPAGATION_LIMIT_S
+        assert admin_a.patch(f"/admin/forget-sets/{trained['id']}", json={"enabled": True}).status_code == 200
+        _until(lambda: trained["id"] in _flagged(admin_b, trained["conversation"]), timeout=PROPAGATION_LIMIT_S)
 
 
 def test_kill_9_of_the_worker_mid_job_another_worker_finishes_it(

@@ -1,13 +1,17 @@
 """The embedded (SQLite) registry across restarts: old databases migrate, debris of interrupted uploads is removed,
-and a forget set imported at start (``--forget-set``, ``--demo``) that an operator deleted stays deleted."""
+a forget set imported at start (``--forget-set``, ``--demo``) that an operator deleted stays deleted, and the
+flags that say who trains are checked at start."""
 
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import assert_openai_error
 
 from lethe.benchmarks.server_harness import GatewayServer
 from lethe.runtime.artifact import ForgetSetArtifact
@@ -94,5 +98,22 @@ def test_a_deleted_startup_forget_set_stays_deleted_until_imported_again(
         server.start()  # imported again by an operator: it is back for good
         [record] = _listed(server)
         assert record["id"] == artifact_id and record["live"] and record["source"] == "import"
+    finally:
+        assert server.stop() == 0
+
+
+def test_who_trains_is_checked_at_start(tmp_path: Path) -> None:
+    worker = subprocess.run(
+        [sys.executable, "-m", "lethe.cli", "worker", "--model", "tiny-authors", "--registry", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert worker.returncode == 2 and "needs a shared registry" in worker.stderr
+    with pytest.raises(RuntimeError, match="one job at a time"):
+        GatewayServer(tmp_path / "parallel", args=["--workers", "2"]).start()
+    server = GatewayServer(tmp_path / "no-training", args=["--workers", "0"]).start()
+    try:
+        with server.admin() as admin:
+            response = admin.post("/admin/forget-sets", json={"name": "n", "topic": "t", "method": "eco"})
+        assert assert_openai_error(response, 501)["code"] == "training_unavailable"
     finally:
         assert server.stop() == 0
