@@ -73,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/reports"))
     parser.add_argument("--screenshot", type=Path, help="save the console with the report open to this PNG")
     parser.add_argument("--work", type=Path, default=Path("runs/demo-report"))
+    parser.add_argument("--forget-set", type=Path, help="serve this demo artifact folder instead of --demo's")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
-    server = GatewayServer(args.work / "registry", model="smollm2", args=["--demo"]).start(timeout=600)
+    serve = ["--forget-set", str(args.forget_set)] if args.forget_set is not None else ["--demo"]
+    server = GatewayServer(args.work / "registry", model="smollm2", args=serve).start(timeout=600)
     try:
         with server.client(ADMIN_KEY, timeout=7200) as admin:
             started = time.perf_counter()

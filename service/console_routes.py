@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import Field
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from lethe.service.errors import APIError, not_found
@@ -66,6 +66,14 @@ class TryRequest(StrictModel):
 
     prompt: str = Field(min_length=1, max_length=8000)
     max_tokens: int = Field(default=48, ge=1, le=256)
+
+
+class TryResponse(BaseModel):
+    """``POST /admin/try``: the forget sets that flag the prompt, and the two greedy answers."""
+
+    flagged_by: list[str]
+    with_forget_sets: str
+    without_forget_sets: str
 
 
 @router.post("/admin/try")
