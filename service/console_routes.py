@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from lethe.service.errors import APIError, not_found
+from lethe.service.errors import APIError, bad_request, not_found
 from lethe.service.gateway import gateway_of
 from lethe.service.protocol import StrictModel
 from lethe.service.request_rules import parse_body
@@ -79,7 +79,9 @@ class TryResponse(BaseModel):
 @router.post("/admin/try")
 async def try_prompt(request: Request) -> dict[str, Any]:
     """Greedy answers to one prompt through the live forget sets and on the bare model, with the flagging sets."""
+    from lethe.training.data import TrainingDataError
     from lethe.training.metrics import answer_conversations
+    from lethe.training.verification import check_fits
 
     gateway = gateway_of(request)
     gateway.keys.check_admin(request)
@@ -88,6 +90,11 @@ async def try_prompt(request: Request) -> dict[str, Any]:
     if model is None:
         raise APIError(501, "Trying a prompt needs a local model; this gateway has none.", code="try_unavailable")
     conversation = [[{"role": "user", "content": body.prompt}]]
+    try:
+        await run_in_threadpool(check_fits, model, conversation, body.max_tokens)
+    except TrainingDataError:
+        raise bad_request("The prompt plus 'max_tokens' exceeds the model's context.", "prompt",
+                          "context_length_exceeded") from None  # fmt: skip
     flags = [flag.forget_set_id for flag in gateway.screen.classify(conversation[0])]
     with_sets = await run_in_threadpool(answer_conversations, model, conversation, gateway.screen, body.max_tokens)
     bare = await run_in_threadpool(answer_conversations, model, conversation, None, body.max_tokens)

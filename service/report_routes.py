@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lethe.runtime.artifact import ArtifactError, ForgetSetArtifact, ForgetSetManifest
 from lethe.service.auth import bearer_token
-from lethe.service.errors import CONFLICT, APIError
+from lethe.service.errors import CONFLICT, APIError, bad_request
 from lethe.service.gateway import Gateway, gateway_of
 from lethe.service.report_html import render_html
 from lethe.service.report_signing import ReportSigner
@@ -131,6 +131,7 @@ async def get_report_page(forget_set_id: str, request: Request) -> Response:
 
 
 def _rerun(gateway: Gateway, reports: Reports, forget_set_id: str, body: ReportRun, by_key: str) -> None:
+    from lethe.training.data import TrainingDataError
     from lethe.training.verification import verify_forget_set
 
     model = gateway.backend.local_model()
@@ -151,6 +152,8 @@ def _rerun(gateway: Gateway, reports: Reports, forget_set_id: str, body: ReportR
         figures = verify_forget_set(
             model, artifact, evaluation=body.evaluation, seed=body.seed, reveal_budget=body.reveal_budget
         )
+    except TrainingDataError as exc:
+        raise bad_request(str(exc), "evaluation", "invalid_evaluation") from None
     finally:
         reports.running.release()
     reports.store.save_figures(record.id, {

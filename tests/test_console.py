@@ -364,6 +364,8 @@ def test_report_routes_need_the_admin_key_and_a_ready_set(server: GatewayServer)
         assert_openai_error(admin.get("/admin/forget-sets/fs-000000000000/report.html"), 404)
         assert_openai_error(admin.post("/admin/forget-sets/fs-000000000000/report", json={"nope": 1}), 400)
         assert_openai_error(admin.get("/admin/ui/secret.txt"), 404)
+        error = assert_openai_error(admin.post("/admin/try", json={"prompt": "word " * 1500}), 400, "prompt")
+        assert error["code"] == "context_length_exceeded"
 
 
 def test_a_rerun_measures_the_operators_heldout_set_with_a_reference(
@@ -389,6 +391,9 @@ def test_a_rerun_measures_the_operators_heldout_set_with_a_reference(
     with server.admin() as admin:
         report = admin.post(f"/admin/forget-sets/{forget_set_id}/report", json=body).json()
         assert_openai_error(admin.post(f"/admin/forget-sets/{forget_set_id}/report", json={"seed": "x"}), 400)
+        too_long = {"evaluation": {"positives": [{"prompt": "word " * 3000}]}}
+        error = assert_openai_error(admin.post(f"/admin/forget-sets/{forget_set_id}/report", json=too_long), 400)
+        assert error["param"] == "evaluation" and "word" not in error["message"]
     assert report["measured"]["by"] == "re-run"
     assert report["scope"]["positives"] == 12 and report["scope"]["source"].startswith("test set")
     assert report["scope"]["by_kind"]["held-out people"]["in_scope"] is False

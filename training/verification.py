@@ -44,7 +44,7 @@ from lethe.runtime.artifact import ForgetSetArtifact, utc_now
 from lethe.runtime.model import LanguageModel
 from lethe.runtime.screening import ForgetSetScreen
 from lethe.training.config import TrainConfig
-from lethe.training.data import ForgetRow
+from lethe.training.data import ForgetRow, TrainingDataError
 from lethe.training.metrics import (
     EvalTarget,
     Messages,
@@ -385,6 +385,20 @@ class _Steps:
             self.progress(1.0, "verify: done")
 
 
+def check_fits(model: LanguageModel, conversations: Sequence[Messages], new_tokens: int = MAX_NEW_TOKENS) -> None:
+    """Raise ``TrainingDataError`` (naming the position, never the text) unless every conversation, rendered, leaves
+    ``new_tokens`` of the model's context."""
+    context = model.embedder.config.get("max_position_embeddings")
+    if not context:
+        return
+    for index, conversation in enumerate(conversations):
+        if len(model.chat_prompt(conversation).ids) + new_tokens > int(context):
+            raise TrainingDataError(
+                f"evaluation prompt {index} is too long: with {new_tokens} answer tokens it exceeds the model's "
+                f"context of {context} tokens"
+            )
+
+
 def _rate(values: Sequence[bool]) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
@@ -671,6 +685,8 @@ def verify_forget_set(
     Raises ``TrainingCancelled`` when ``cancel`` is set.
     """
     started = time.perf_counter()
+    if evaluation is not None:
+        check_fits(model, [p.conversation for p in [*evaluation.positives, *evaluation.negatives]])
     screen = ForgetSetScreen([artifact])
     topic = artifact.manifest.metrics.get("topic")
     steps = _Steps(["scope", "answers", "reveal", "utility", "privacy"], progress, cancel)
