@@ -13,10 +13,10 @@ def _registrations() -> list[Register]:
     from lethe.benchmarks import cli as bench_cli
     from lethe.benchmarks import probe_cli, reliability_cli
     from lethe.runtime import cli as runtime_cli
-    from lethe.service import serve_cli
+    from lethe.service import report_cli, serve_cli
     from lethe.training import cli as training_cli
 
-    modules = (runtime_cli, training_cli, serve_cli, bench_cli, reliability_cli, probe_cli)
+    modules = (runtime_cli, training_cli, serve_cli, report_cli, bench_cli, reliability_cli, probe_cli)
     return [module.register for module in modules]
 
 

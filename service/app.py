@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from lethe.service import admin_routes, import_routes, openai_routes, proxy_fast_path
+from lethe.service import admin_routes, console_routes, import_routes, openai_routes, proxy_fast_path, report_routes
 from lethe.service.batcher import Overloaded
 from lethe.service.errors import OVERLOADED, APIError, install_error_handlers
 from lethe.service.gateway import Gateway, gateway_of
@@ -50,6 +50,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.include_router(openai_routes.router)
     app.include_router(import_routes.router)
     app.include_router(admin_routes.router)
+    app.include_router(report_routes.router)
+    app.include_router(console_routes.router)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

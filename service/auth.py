@@ -18,6 +18,7 @@ from lethe.service.errors import AUTHENTICATION, PERMISSION, APIError
 KeyKind = Literal["inference", "admin"]
 # Routes of the inference key besides ``/v1``: vLLM's tokenizer endpoints.
 INFERENCE_PATHS = ("/tokenize", "/detokenize", "/tokenizer_info")
+CONSOLE_PATH = "/admin/ui"  # the operator console's page and files (``service.console_routes``)
 
 
 class HasHeaders(Protocol):
@@ -29,9 +30,11 @@ class HasHeaders(Protocol):
 
 def key_kind(path: str) -> KeyKind | None:
     """Which key a path needs: ``/v1`` and the tokenizer endpoints the inference key, ``/admin`` and ``/metrics``
-    the admin key; health, readiness and the OpenAPI document none."""
+    the admin key; health, readiness, the OpenAPI document and the console's static files none."""
     if path.startswith("/v1/") or path == "/v1" or path in INFERENCE_PATHS:
         return "inference"
+    if path == CONSOLE_PATH or path.startswith(CONSOLE_PATH + "/"):
+        return None  # the console's static page holds nothing private; every call it makes carries the admin key
     if path.startswith("/admin/") or path == "/admin" or path == "/metrics":
         return "admin"
     return None

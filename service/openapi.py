@@ -19,7 +19,9 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from lethe.service import admin_protocol as admin
+from lethe.service import console_routes as console
 from lethe.service import protocol as wire
+from lethe.service import verification_report as reports
 
 JSON = "application/json"
 REF = "#/components/schemas/{model}"
@@ -33,6 +35,8 @@ REQUESTS: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/admin/forget-sets"): admin.ForgetSetCreate,
     ("patch", "/admin/forget-sets/{forget_set_id}"): admin.ForgetSetPatch,
     ("post", "/admin/classify"): admin.ClassifyRequest,
+    ("post", "/admin/forget-sets/{forget_set_id}/report"): reports.ReportRun,
+    ("post", "/admin/try"): console.TryRequest,
 }
 # (method, path) -> (success status, response model, also streamed as server-sent events)
 RESPONSES: dict[tuple[str, str], tuple[str, type[BaseModel], bool]] = {
@@ -53,6 +57,9 @@ RESPONSES: dict[tuple[str, str], tuple[str, type[BaseModel], bool]] = {
     ("get", "/admin/jobs/{job_id}"): ("200", admin.JobView, False),
     ("post", "/admin/jobs/{job_id}/cancel"): ("200", admin.JobView, False),
     ("post", "/admin/classify"): ("200", admin.ClassifyResponse, False),
+    ("get", "/admin/forget-sets/{forget_set_id}/report"): ("200", reports.VerificationReport, False),
+    ("post", "/admin/forget-sets/{forget_set_id}/report"): ("200", reports.VerificationReport, False),
+    ("post", "/admin/try"): ("200", console.TryResponse, False),
 }
 ARCHIVE_UPLOADS = {("post", "/admin/forget-sets/import")}
 

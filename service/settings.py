@@ -28,6 +28,9 @@ class GatewaySettings(RuntimeSettings, RegistrySettings):
     audit_key: str = Field(
         default="", description="Key of the audit log's prompt HMACs (default: <registry>/audit.key, made once)."
     )
+    report_key: str = Field(
+        default="", description="Key of the verification reports' HMACs (default: <registry>/report.key, made once)."
+    )
 
     max_body_bytes: int = 8 * 1024 * 1024
     body_timeout_s: float = Field(default=60.0, gt=0, description="Longest time a client may take to send a body.")
