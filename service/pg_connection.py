@@ -31,6 +31,7 @@ IDLE_CHECK_AFTER_S = 1.0
 MAX_IDLE = 4
 RETRY_AFTER_S = "2"
 STOP_POLL_S = 0.5
+LISTEN_BACKOFF_MAX_S = 5.0  # longest wait of a listener between reconnection attempts
 
 
 class RegistryUnavailable(APIError):
@@ -133,7 +134,7 @@ def listen(url: str, channel: str, on_change: Callable[[], None], stop: threadin
             conn = connect(url)
         except RegistryUnavailable:
             stop.wait(backoff)
-            backoff = min(backoff * 2, 5.0)
+            backoff = min(backoff * 2, LISTEN_BACKOFF_MAX_S)
             continue
         try:
             with conn:

@@ -8,7 +8,6 @@ deleted; jobs interrupted by a restart are reported failed and leave nothing beh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -23,6 +22,7 @@ from lethe.benchmarks.server_harness import GatewayServer, wait_for_job
 from lethe.runtime.generation import SamplingParams
 from lethe.runtime.model import LanguageModel
 from lethe.runtime.screening import ForgetSetScreen
+from lethe.service.audit import AuditHasher
 from lethe.training.presets import SMOKE_OPTIONS
 
 MODEL = "tiny-authors"
@@ -289,9 +289,10 @@ def test_metrics_and_audit_log_record_flags_without_text(
     with server.admin() as admin:
         assert 'lethe_inference_requests_total{flagged="true",route="chat"}' in admin.get("/metrics").text
     audit = (server.registry / "audit.jsonl").read_text()
-    digest = hashlib.sha256(tiny_full.chat_prompt([{"role": "user", "content": question}]).text.encode()).hexdigest()
+    hasher = AuditHasher.for_registry(server.registry)  # the key the server wrote at its first start
+    digest = hasher.text(tiny_full.chat_prompt([{"role": "user", "content": question}]).text)
     entries = [json.loads(line) for line in audit.splitlines()]
-    mine = [e for e in entries if e.get("prompt_sha256") == digest]
+    mine = [e for e in entries if e.get("prompt_hmac") == digest]
     assert len(mine) >= 3 and all(e["forget_sets"] == [trained["id"]] for e in mine)
     for row in world_rows["forget"]:
         assert row["prompt"] not in audit and row["completion"] not in audit

@@ -35,6 +35,7 @@ from support import assert_openai_error
 from lethe.benchmarks.postgres_harness import PostgresServer, unavailable_reason
 from lethe.benchmarks.proxy_bench import STUB_MODEL, Stack
 from lethe.benchmarks.server_harness import GatewayServer, wait_for_job
+from lethe.service.pg_connection import LISTEN_BACKOFF_MAX_S
 from lethe.training.presets import SMOKE_OPTIONS
 
 REASON = unavailable_reason()
@@ -358,7 +359,9 @@ def test_postgres_stopped_and_restarted_under_load(
     # The forget set stayed live through the outage, except for the toggle made on purpose after it.
     assert flags[("a", True)] > 10 and flags[("b", True)] > 10, flags
     print(f"outage: {sum(statuses.values())} requests answered 200; admin back {resumed:.2f} s after the restart")
-    assert resumed < 10 and delay < PROPAGATION_LIMIT_S, (resumed, delay)
+    # The admin API is back on a fresh connection at once; a listener may still sit out its reconnection backoff,
+    # so the first change after the restart can take that much longer to reach the other replica.
+    assert resumed < 10 and delay < LISTEN_BACKOFF_MAX_S + PROPAGATION_LIMIT_S, (resumed, delay)
     assert (a.process.pid, b.process.pid) == pids and a.process.poll() is None and b.process.poll() is None
     assert stack["worker"].process.poll() is None  # the worker rode it out too
 
