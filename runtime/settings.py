@@ -32,6 +32,11 @@ class RuntimeSettings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="Weights' dtype: auto is bfloat16 on CUDA, float32 on the CPU."
     )
+    generation_defaults: str = Field(
+        default="auto",
+        description="Sampling parameters a request leaves out: auto (the model's generation_config.json), none "
+        "(plain OpenAI defaults), a JSON object of overrides, or another generation_config.json.",
+    )
 
     @field_validator("home", mode="after")
     @classmethod
@@ -59,6 +64,7 @@ class RuntimeSettings(BaseSettings):
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides: object) -> Self:
         """Settings from the environment, with the global flags and ``overrides`` (non-None) on top."""
-        flags = {name: getattr(args, name, None) for name in ("home", "threads", "device", "dtype")}
+        names = ("home", "threads", "device", "dtype", "generation_defaults")
+        flags = {name: getattr(args, name, None) for name in names}
         values = {**flags, **overrides}
         return cls(**{k: v for k, v in values.items() if v is not None})

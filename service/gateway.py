@@ -123,7 +123,7 @@ def local_backend(model: LanguageModel, settings: GatewaySettings) -> LocalBacke
         max_pending=settings.max_queue_depth,
         decode_workers=settings.decode_workers,
         scoring_threads=max(1, settings.max_concurrency),
-        generation_defaults=GenerationDefaults.from_folder(model.path),
+        generation_defaults=GenerationDefaults.choose(settings.generation_defaults, model.path),
         served_names=settings.served_model_names,
     )
 

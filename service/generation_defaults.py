@@ -8,7 +8,12 @@ request leaves out takes that value, else the plain OpenAI default (temperature 
 
 Both modes use them: local mode fills the parameters the request left out from here; proxy mode
 sends a flagged request upstream with the same parameters left out, so the upstream fills them
-exactly as it does for the forwarded, unflagged ones.
+exactly as it does for the forwarded, unflagged ones (here only the ``max_tokens`` cap applies).
+
+``--generation-defaults`` (``LETHE_GENERATION_DEFAULTS``) chooses them: ``auto`` (the model folder's
+``generation_config.json``), ``none`` (plain OpenAI defaults, vLLM's ``--generation-config vllm``), a
+JSON object of overrides on top of the model's file (``{"temperature": 0.7}``), or a path to another
+``generation_config.json`` (or the folder holding one).
 """
 
 from __future__ import annotations
@@ -72,16 +77,51 @@ class GenerationDefaults:
     @classmethod
     def from_folder(cls, folder: Path | None) -> GenerationDefaults:
         """From ``folder/generation_config.json``; plain OpenAI defaults where there is none."""
-        path = folder / "generation_config.json" if folder is not None else None
-        if path is None or not path.is_file():
+        return cls.from_values(_file_values(folder))
+
+    @classmethod
+    def choose(cls, choice: str, folder: Path | None) -> GenerationDefaults:
+        """The defaults ``choice`` names for the model in ``folder`` (see the module's docstring)."""
+        choice = choice.strip()
+        if choice in ("", "auto"):
+            return cls.from_folder(folder)
+        if choice in ("none", "vllm", "openai"):
             return cls()
-        try:
-            values = json.loads(path.read_text())
-        except (OSError, ValueError):
-            logger.warning("%s is unreadable; using plain OpenAI sampling defaults", path)
-            return cls()
-        return cls.from_values(values if isinstance(values, dict) else {})
+        if choice.startswith("{"):
+            try:
+                overrides = json.loads(choice)
+            except ValueError:
+                raise ValueError("--generation-defaults: not a JSON object") from None
+            if not isinstance(overrides, dict):
+                raise ValueError("--generation-defaults: not a JSON object")
+            return cls.from_values({**_file_values(folder), **overrides})
+        path = Path(choice).expanduser()
+        if path.is_dir():
+            path = path / "generation_config.json"
+        if not path.is_file():
+            raise ValueError("--generation-defaults: expected auto, none, a JSON object or a generation_config.json")
+        return cls.from_values(_read(path))
+
+    def describe(self) -> str:
+        """The defaults in one line, for the start-up banner."""
+        cap = f", max_tokens <= {self.max_tokens}" if self.max_tokens is not None else ""
+        return f"temperature {self.temperature:g}, top_p {self.top_p:g}{cap}"
 
     def cap(self, max_tokens: int) -> int:
         """A default ``max_tokens``, capped by the model's ``max_new_tokens``."""
         return max_tokens if self.max_tokens is None else min(max_tokens, self.max_tokens)
+
+
+def _file_values(folder: Path | None) -> dict[str, Any]:
+    """``folder/generation_config.json`` as a dict (empty when there is none)."""
+    path = folder / "generation_config.json" if folder is not None else None
+    return _read(path) if path is not None and path.is_file() else {}
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError):
+        logger.warning("%s is unreadable; using plain OpenAI sampling defaults", path)
+        return {}
+    return values if isinstance(values, dict) else {}

@@ -96,7 +96,7 @@ def serve_proxy(settings: GatewaySettings, forget_set_folders: Sequence[Path] = 
     imports = [
         (ForgetSetArtifact.load(f, embedder.fingerprint, embedder.hidden_size), "cli") for f in forget_set_folders
     ]
-    defaults = GenerationDefaults.from_folder(prepare_model(spec, settings))
+    defaults = GenerationDefaults.choose(settings.generation_defaults, prepare_model(spec, settings))
     app = create_app(build_gateway(settings, ProxyBackend(settings, embedder, generation_defaults=defaults), imports))
     banner = (
         f"lethe: proxying {settings.upstream_model} at {settings.upstream} "

@@ -60,6 +60,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--max-prompt-tokens", type=int, help="longest prompt accepted, local mode (LETHE_MAX_PROMPT_TOKENS)"
     )
     serve.add_argument("--max-body-bytes", type=int, help="largest request body (LETHE_MAX_BODY_BYTES)")
+    serve.add_argument(
+        "--generation-defaults",
+        help="sampling parameters a request leaves out: auto (the model's generation_config.json; default), none "
+        "(plain OpenAI defaults), a JSON object of overrides or a generation_config.json (LETHE_GENERATION_DEFAULTS)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_proxy_arguments(serve)
     serve.set_defaults(handler=_serve)

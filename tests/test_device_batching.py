@@ -6,6 +6,7 @@ Everything runs on the tiny fictitious-authors Llama on the CPU; the same code p
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from lethe.runtime.mentions import MentionIndex
 from lethe.runtime.model import LanguageModel
 from lethe.runtime.prompt import TemplatedPrompt
 from lethe.runtime.settings import RuntimeSettings
+from lethe.service.generation_defaults import GenerationDefaults
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +84,30 @@ def test_bfloat16_on_the_cpu_answers_like_float32(
         right += row["value"] in rounded.text
     assert right >= 11, f"bfloat16 answered {right}/{len(questions)} questions correctly"
     assert same >= 10, f"bfloat16 greedy tokens equal float32's on {same}/{len(questions)} questions"
+
+
+def test_generation_defaults_follow_the_flag(tmp_path: Path, tiny_full: LanguageModel) -> None:
+    from lethe.service.gateway import local_backend
+    from lethe.service.settings import GatewaySettings
+
+    card = {"do_sample": True, "temperature": 0.2, "top_p": 0.9, "max_new_tokens": 300}
+    (tmp_path / "generation_config.json").write_text(json.dumps(card))
+    auto = GenerationDefaults.choose("auto", tmp_path)
+    assert (auto.temperature, auto.top_p, auto.max_tokens) == (0.2, 0.9, 300)
+    assert GenerationDefaults.choose("none", tmp_path) == GenerationDefaults()  # temperature 1, top_p 1, no cap
+    override = GenerationDefaults.choose('{"temperature": 0.7, "max_new_tokens": null}', tmp_path)
+    assert (override.temperature, override.top_p, override.max_tokens) == (0.7, 0.9, None)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "generation_config.json").write_text('{"top_p": 0.5}')
+    assert GenerationDefaults.choose(str(other), tmp_path) == GenerationDefaults(top_p=0.5)
+    for bad in ("[0.7]", "{temperature", str(tmp_path / "missing.json")):
+        with pytest.raises(ValueError, match="--generation-defaults"):
+            GenerationDefaults.choose(bad, tmp_path)
+
+    args = build_parser().parse_args(["serve", "--generation-defaults", '{"temperature": 0}'])
+    backend = local_backend(tiny_full, GatewaySettings.from_args(args))
+    assert backend.generation_defaults.temperature == 0.0  # the flag reaches what serving fills in
 
 
 # Continuous batching ------------------------------------------------------------------------------
