@@ -222,12 +222,15 @@ class MicroBatcher:
     def _take_more(self, index: int, rows: int, can_join: bool) -> list[_Request]:
         """Waiting requests a running worker adds to its batch of ``rows`` rows now (none when it cannot)."""
         with self._state:
+            was_full = self._full(index)
             self._closed[index] = not can_join
             taken: list[_Request] = []
             if can_join and not self._stopping and all(self._full(j) for j in range(index)):
                 while self._waiting and rows + len(taken) < self.max_batch_size:
                     taken.append(self._waiting.popleft())
-            self._set_rows(index, rows + len(taken))
+            self._rows[index] = rows + len(taken)
+            if self._full(index) != was_full or not self._rows[index]:  # at every step otherwise: wake no one
+                self._state.notify_all()
         return taken
 
     def _set_rows(self, index: int, rows: int) -> None:
