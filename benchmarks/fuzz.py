@@ -327,7 +327,7 @@ def schemathesis_gateway(
                 try:
                     response = client.request(
                         kwargs["method"], kwargs["url"], params=kwargs.get("params"), headers=request_headers,
-                        content=content, cookies=kwargs.get("cookies"),
+                        content=content,
                     )  # fmt: skip
                 except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
                     report.transport_errors += 1
