@@ -57,6 +57,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# Learning rates x epochs every weight-updating baseline is trained at (its row: the best within Lethe's compute).
+QUICK_SWEEP = tuple((lr, epochs) for lr in (2e-4, 1e-3, 3e-3) for epochs in (5, 15))
+FULL_SWEEP = tuple((lr, epochs) for lr in (1e-4, 3e-4, 1e-3, 3e-3) for epochs in (5, 15, 40))
+
+
 def authors_budget(quick: bool) -> tuple[Budget, dict[str, Any]]:
     """Scenario 1's budget and world options."""
     if quick:
@@ -67,6 +72,7 @@ def authors_budget(quick: bool) -> tuple[Budget, dict[str, Any]]:
             max_new_tokens=24,
             latency_prompts=8,
             latency_repeats=5,
+            baseline_sweep=QUICK_SWEEP,
         )
         return budget, {"size": "test", "eval_retain": 24, "eval_general": 16, "train_retain": None}
     budget = Budget(
@@ -75,6 +81,7 @@ def authors_budget(quick: bool) -> tuple[Budget, dict[str, Any]]:
         max_new_tokens=40,
         latency_prompts=10,
         latency_repeats=3,
+        baseline_sweep=FULL_SWEEP,
     )
     return budget, {"size": "bench", "eval_retain": 160, "eval_general": None, "train_retain": 240}
 
@@ -136,7 +143,10 @@ def _adjust(budget: Budget, methods: Sequence[str] | None, baseline: dict[str, A
     """The scenario's budget, cut to ``methods`` and with the baselines' settings overridden."""
     if methods is not None:
         budget = replace(budget, methods=tuple(m for m in budget.methods if m in set(methods)))
-    return replace(budget, baseline=budget.baseline.model_copy(update=baseline)) if baseline else budget
+    if not baseline:
+        return budget
+    # Settings given on the command line replace the sweep: every baseline runs at them alone.
+    return replace(budget, baseline=budget.baseline.model_copy(update=baseline), baseline_sweep=())
 
 
 def _run_scenario(

@@ -126,7 +126,11 @@ def lethe_system(name: str, context: BuildContext) -> System:
     options = {"seed": context.seed, "evaluate": False, **method_options, **context.lethe_options}
     config = TrainConfig.from_options(method, options)
     started = time.perf_counter()
-    artifact = train_forget_set(context.model, f"bench-{name}", list(context.forget), list(context.retain), config)
+    # The id seeds the served noise (runtime.plans), so a fixed one makes a seeded run repeatable.
+    forget_set_id = f"bench-{name.replace('_', '-')}-s{context.seed}"
+    artifact = train_forget_set(
+        context.model, f"bench-{name}", list(context.forget), list(context.retain), config, forget_set_id=forget_set_id
+    )
     train_s = time.perf_counter() - started
     screen = ForgetSetScreen([artifact])
     target = through_screen(context.model, screen, context.seed)
