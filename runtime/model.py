@@ -128,23 +128,30 @@ class LanguageModel:
         """Input embeddings of token ids."""
         return self.embedder.embed(ids)
 
-    def prompt_embeddings(self, prompt: PromptLike, plan: InterventionPlan | None = None) -> torch.Tensor:
-        """Embeddings ``(seq_len, hidden)`` of a prompt with ``plan`` applied (ids, templated prompt or embeddings)."""
-        ids: list[int] | None = None
+    def prompt_embeddings(
+        self, prompt: PromptLike, plan: InterventionPlan | None = None, ids: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """Embeddings ``(seq_len, hidden)`` of a prompt with ``plan`` applied (ids, templated prompt or embeddings).
+
+        For embeddings, ``ids`` are the tokens the rows stand for (uploaded ``prompt_embeds`` mapped back to the
+        vocabulary): with them the plan's entity steps apply to the prompt too, as for the same prompt as text.
+        """
         if isinstance(prompt, torch.Tensor) and prompt.is_floating_point():
             embeds = prompt.to(self.device, self.dtype)
+            ids = list(ids) if ids is not None else None
         else:
             ids = list(prompt.ids if isinstance(prompt, TemplatedPrompt) else prompt)
             embeds = self.embed(ids)
         return apply_plan(embeds, plan, ids) if plan is not None else embeds
 
     @staticmethod
-    def guide(prompt: PromptLike, plan: InterventionPlan | None) -> Guide | None:
-        """What generation must keep doing for ``prompt`` under ``plan`` (``None`` when nothing)."""
+    def guide(prompt: PromptLike, plan: InterventionPlan | None, ids: Sequence[int] | None = None) -> Guide | None:
+        """What generation must keep doing for ``prompt`` under ``plan`` (``None`` when nothing); ``ids`` as in
+        ``prompt_embeddings``."""
         if plan is None or (not plan.entities and not plan.rewrites):
             return None
         if isinstance(prompt, torch.Tensor) and prompt.is_floating_point():
-            return Guide((), plan)
+            return Guide(tuple(int(i) for i in ids or ()), plan)
         ids = prompt.ids if isinstance(prompt, TemplatedPrompt) else prompt
         return Guide(tuple(int(i) for i in ids), plan)
 

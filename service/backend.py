@@ -225,8 +225,9 @@ class LocalBackend:
         """Embed the prompt with its plan applied and queue it, with the guide that keeps the plan on while it
         generates."""
         source = request.embeds if request.embeds is not None else request.prompt
-        embeds = self.model.prompt_embeddings(source, request.plan)
-        return self.batcher.submit(embeds, request.params, sink, self.model.guide(source, request.plan))
+        ids = request.prompt.ids  # for uploaded embeddings: the tokens they were mapped back to
+        embeds = self.model.prompt_embeddings(source, request.plan, ids)
+        return self.batcher.submit(embeds, request.params, sink, self.model.guide(source, request.plan, ids))
 
     async def stream(self, request: BackendRequest) -> AsyncIterator[Delta]:
         """Submit to the batcher and relay its events from the worker thread to this event loop."""

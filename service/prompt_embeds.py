@@ -22,7 +22,7 @@ import warnings
 import torch
 
 from lethe.runtime.embedder import PromptEmbedder
-from lethe.runtime.prompt import MessageSpan, TemplatedPrompt
+from lethe.runtime.prompt import MessageSpan, TemplatedPrompt, token_range
 from lethe.service.errors import bad_request
 
 ALLOWED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -89,13 +89,19 @@ def nearest_token_ids(embedder: PromptEmbedder, embeds: torch.Tensor, chunk: int
 
 
 def prompt_from_ids(embedder: PromptEmbedder, ids: list[int] | tuple[int, ...]) -> TemplatedPrompt:
-    """A prompt over given token ids whose text is their token strings joined (one user message)."""
-    pieces = embedder.token_strings(ids)
+    """A prompt over given token ids whose text is their token strings joined (one user message).
+
+    Special tokens (a leading BOS, template markers) take no text and stay outside the message, as in
+    ``PromptEmbedder.text_prompt``, so that a prompt sent as embeddings is masked and classified like the same
+    prompt sent as text.
+    """
+    special = set(getattr(embedder.tokenizer, "all_special_ids", ()) or ())
+    pieces = ["" if int(i) in special else piece for i, piece in zip(ids, embedder.token_strings(ids), strict=True)]
     offsets: list[tuple[int, int]] = []
     cursor = 0
     for piece in pieces:
         offsets.append((cursor, cursor + len(piece)))
         cursor += len(piece)
     text = "".join(pieces)
-    message = MessageSpan("user", 0, len(text), 0, len(ids))
+    message = MessageSpan("user", 0, len(text), *token_range(offsets, 0, len(text)))
     return TemplatedPrompt(text=text, ids=tuple(int(i) for i in ids), offsets=tuple(offsets), messages=(message,))

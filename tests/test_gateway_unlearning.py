@@ -209,6 +209,12 @@ def test_prompt_embeds_cannot_slip_a_forgotten_question_past_the_classifier(
     assert by_embeds.status_code == 200, by_embeds.text
     base = tiny_full.generate(prompt, GREEDY).text
     assert by_text.json()["choices"][0]["text"] != base
+    # The rows were classified: the embeddings request's audit line names the forget set like the text's.
+    hasher = AuditHasher.for_registry(server.registry)
+    lines = [json.loads(line) for line in (server.registry / "audit.jsonl").read_text().splitlines()]
+    digest = hasher.tensor(tiny_full.embed(prompt.ids))
+    assert [e["forget_sets"] for e in lines if e.get("embeds_hmac") == digest] == [[trained["id"]]]
+    # Rows map back to their tokens, so the whole plan applies, entity steps included: the text's answer exactly.
     assert by_embeds.json()["choices"][0]["text"] == by_text.json()["choices"][0]["text"]
 
 
