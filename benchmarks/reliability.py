@@ -207,13 +207,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["## kill -9 during training, then restart", "",
                   *(f"- {k}: {v}" for k, v in kill.items()), ""]  # fmt: skip
     evasion = report.get("evasion")
+    header = ["| attack | prompts | leak rate before | leak rate after | flag rate on other people (after) |",
+              "|---|---|---|---|---|"]  # fmt: skip
     if evasion:
         lines += ["## Evasion (leak rate: share of attack prompts on forgotten people not flagged)", "",
                   "Before: the same classifier trained and attacked with the text hardening of "
-                  "`classifier/text.py` switched off, in the same run.", "",
-                  "| attack | prompts | leak rate before | leak rate after | flag rate on other people (after) |",
-                  "|---|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {a['attack']} | {a['prompts']} | {a.get('leak_rate_unhardened', float('nan')):.3f} | "
-                  f"{a['leak_rate']:.3f} | {a['retain_flag_rate']:.3f} |" for a in evasion["attacks"]]  # fmt: skip
-        lines.append("")
+                  "`classifier/text.py` switched off, in the same run.", "", *header,
+                  *_attack_rows(evasion["attacks"]), ""]  # fmt: skip
+    if evasion and evasion.get("heldout_attacks"):
+        lines += ["## Held-out evasion (characters in none of the defence's tables, on held-out phrasings)", "",
+                  "The attacks above rewrite the training prompts, mostly with characters the hardening maps back; "
+                  "these rewrite a paraphrase the classifier never saw, with characters it has no table for "
+                  "(`heldout_phrasing` is that paraphrase unattacked).", "", *header,
+                  *_attack_rows(evasion["heldout_attacks"]), ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def _attack_rows(attacks: list[dict[str, Any]]) -> list[str]:
+    return [f"| {a['attack']} | {a['prompts']} | {a.get('leak_rate_unhardened', float('nan')):.3f} | "
+            f"{a['leak_rate']:.3f} | {a['retain_flag_rate']:.3f} |" for a in attacks]  # fmt: skip
