@@ -4,6 +4,12 @@ The attacks of ``ATTACKS`` rewrite training prompts with the characters ``classi
 back, so their leak rates flatter the defence (issue 22).  These tests keep the held-out family
 honest: its characters stay out of the defence's tables, it never rewrites a training prompt, and
 its leak rates are measured and printed, not asserted low.
+
+"The defence's tables" are the listed ones. First measured (test world, seed 0), these attacks leaked
+0.91 (leet), 1.00 (look-alikes), 1.00 (invisible), 1.00 (separators), 1.00 (mixed). The hardening then
+gained three rules that enumerate no attack character (every Unicode Cf character dropped inside a
+word, any punctuation or symbol joins a spelled-out name, Latin letters mapped by their Unicode
+names): 0.91, 0.72, 0.00, 0.00, 0.50. Those later figures were measured after seeing the attacks.
 """
 
 from __future__ import annotations
