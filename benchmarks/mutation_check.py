@@ -121,16 +121,20 @@ def run_one(mutation: Mutation, timeout: float) -> dict[str, object]:
         if text.count(mutation.old) != 1:
             return {"name": mutation.name, "status": "not applied", "why": mutation.why}
         target.write_text(text.replace(mutation.old, mutation.new))
-        env = {**os.environ, "PYTHONPATH": str(shim), "LETHE_THREADS": "1", "LETHE_TEST_THREADS": "1"}
+        # PYTHONSAFEPATH: no process (pytest, the servers it starts) puts its working folder first on sys.path,
+        # where the copy's lethe/ would shadow the shim and leave every other layer to the unmutated checkout.
+        env = {**os.environ, "PYTHONPATH": str(shim), "PYTHONSAFEPATH": "1", "LETHE_THREADS": "1",
+               "LETHE_TEST_THREADS": "1"}  # fmt: skip
         started = time.perf_counter()
         command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutation.tests]
         try:
             done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
-            caught = done.returncode != 0
+            # pytest's 1 is "tests failed"; anything else (collection or usage errors) proves nothing.
+            status = {0: "SURVIVED", 1: "caught"}.get(done.returncode, f"error (pytest exit {done.returncode})")
             tail = done.stdout[-400:]
         except subprocess.TimeoutExpired:
-            caught, tail = True, "timed out"
-        return {"name": mutation.name, "status": "caught" if caught else "SURVIVED", "why": mutation.why,
+            status, tail = "timed out", ""
+        return {"name": mutation.name, "status": status, "why": mutation.why,
                 "tests": list(mutation.tests), "seconds": round(time.perf_counter() - started, 1), "tail": tail}
 
 
