@@ -67,7 +67,19 @@ def test_unflagged_echo_logprobs_are_the_base_models_bits(live: dict[str, Any], 
             with _one_thread():
                 ids = tiny_full.text_prompt(prompt).ids
                 reference = tiny_full.prompt_logprobs(list(ids)).token_logprobs
+                independent = _transformers_logprobs(tiny_full, list(ids))
             assert served == reference  # exact floats, not approximately
+            # and the runtime's scoring itself is the base model's: Hugging Face's forward pass on the token ids
+            assert served[0] is None and served[1:] == pytest.approx(independent, abs=1e-5)
+
+
+def _transformers_logprobs(model: LanguageModel, ids: list[int]) -> list[float]:
+    """Each token's log-probability from the Hugging Face model called on ``input_ids`` (none of our embedding,
+    intervention or scoring code)."""
+    with torch.no_grad():
+        logits = model.decoder.model(input_ids=torch.tensor([ids])).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    return [float(logp[i, ids[i + 1]]) for i in range(len(ids) - 1)]
 
 
 def test_unflagged_seeded_samples_are_the_base_models(live: dict[str, Any], tiny_full: LanguageModel) -> None:
