@@ -8,7 +8,9 @@ CVE-2025-62164).
 Embeddings carry no text, yet a client could embed a forgotten question itself to slip past
 the scope classifier. So each row is mapped to its nearest token of the embedding matrix and
 the recovered text is classified like any prompt (rows that were real token embeddings are
-recovered exactly; far-off-manifold rows are a known limit of this check).
+recovered exactly). A row that stands for no single token, off the embedding matrix or moved toward
+another token, is refused: its distance to the nearest token row must be at most a quarter of its distance to
+the second nearest (``AMBIGUITY_LIMIT``), so what the classifier reads is what the model sees.
 """
 
 from __future__ import annotations
@@ -75,17 +77,42 @@ def validate_embeddings(value: object, hidden_size: int, max_tokens: int, dtype:
     return tensor
 
 
-def nearest_token_ids(embedder: PromptEmbedder, embeds: torch.Tensor, chunk: int = 256) -> list[int]:
-    """Id of the embedding-matrix row nearest (L2) to each input row."""
+# A row must be at most this share of its distance to the second-nearest token row away from the nearest one
+# (a bfloat16 copy of a token row: 0.01; 5% noise on every row: about 0.4; halfway between two tokens: 1).
+AMBIGUITY_LIMIT = 0.25
+
+
+def nearest_tokens(embedder: PromptEmbedder, embeds: torch.Tensor, chunk: int = 256) -> tuple[list[int], list[float]]:
+    """Per input row, the nearest token row's id and the row's ambiguity: its distance to that token over its
+    distance to the second-nearest one (0 for a token's own row; toward 1 between two tokens or far from all)."""
     weight = embedder.embedding_weight.detach().float()
     squared = (weight * weight).sum(-1)
     ids: list[int] = []
+    ratios: list[float] = []
     for start in range(0, embeds.shape[0], chunk):
-        rows = embeds[start : start + chunk].float()
+        rows = embeds[start : start + chunk].float().to(weight.device)
         # ||e - w||^2 = ||e||^2 - 2 e.w + ||w||^2; ||e||^2 is the same for every w.
         distance = squared.unsqueeze(0) - 2.0 * rows @ weight.T
-        ids.extend(int(i) for i in distance.argmin(-1))
-    return ids
+        two = distance.topk(min(2, weight.shape[0]), dim=-1, largest=False).indices
+        # Exact distances to the two candidates (the expansion above loses the small ones to rounding).
+        exact = (rows.unsqueeze(1) - weight[two]).norm(dim=-1)
+        nearest, second = exact[:, 0], exact[:, -1]
+        scale = weight[two[:, 0]].norm(dim=-1).clamp_min(1e-12)
+        ratio = torch.where(nearest <= 1e-4 * scale, torch.zeros_like(nearest), nearest / second.clamp_min(1e-12))
+        ids.extend(int(i) for i in two[:, 0])
+        ratios.extend(float(r) for r in ratio)
+    return ids, ratios
+
+
+def check_token_rows(ratios: list[float]) -> None:
+    """Refuse uploaded rows that stand for no single token (off the embedding matrix, or moved toward another
+    token): they would be read back as a token the model does not really see, past the scope classifier."""
+    for index, ratio in enumerate(ratios):
+        if ratio > AMBIGUITY_LIMIT:
+            raise _invalid(
+                f"row {index} is not a token embedding of this model (its distance to the nearest token row is "
+                f"{ratio:.2f} of its distance to the second nearest; at most {AMBIGUITY_LIMIT} is accepted)"
+            )
 
 
 def prompt_from_ids(embedder: PromptEmbedder, ids: list[int] | tuple[int, ...]) -> TemplatedPrompt:

@@ -41,7 +41,7 @@ from lethe.service.auth import KeyChecker
 from lethe.service.backend import Backend, BackendRequest
 from lethe.service.errors import APIError, bad_request
 from lethe.service.metrics import GatewayMetrics
-from lethe.service.prompt_embeds import decode_prompt_embeds, nearest_token_ids, prompt_from_ids
+from lethe.service.prompt_embeds import check_token_rows, decode_prompt_embeds, nearest_tokens, prompt_from_ids
 from lethe.service.protocol import ChatCompletionRequest, CompletionRequest, InferenceRequest
 from lethe.service.request_rules import Endpoint, RequestRules, empty_prompt, prompt_items
 
@@ -219,7 +219,8 @@ class ScreeningStep:
             assert isinstance(item, str)
             decoded = decode_prompt_embeds(item, self.embedder.hidden_size, self._embeds_limit(), self.embedder.dtype)
             embeds = self.backend.embedding_rows(decoded)
-            ids = nearest_token_ids(self.embedder, embeds)
+            ids, ratios = nearest_tokens(self.embedder, embeds)
+            check_token_rows(ratios)
             return ScreenedPrompt(embeds=embeds, prompt=prompt_from_ids(self.embedder, ids))
         if isinstance(item, str):
             return ScreenedPrompt(text=item)

@@ -339,7 +339,12 @@ def test_malformed_prompt_embeds_are_400_and_the_server_keeps_serving(
     server: GatewayServer, tiny_full: LanguageModel
 ) -> None:
     hidden = tiny_full.hidden_size
-    good = torch.randn(4, hidden)
+    ids = tiny_full.text_prompt("Tell me a story about the sea.").ids
+    good = tiny_full.embed(ids)
+    weight = tiny_full.embedder.embedding_weight.detach().float()
+    moved = good.clone()
+    other = (ids[1] + 97) % weight.shape[0]
+    moved[1] = good[1] + 0.55 * (weight[other] - good[1])  # past halfway toward another token: read back as that
     bad_indices = torch.sparse_coo_tensor(
         torch.tensor([[0, 10**6], [0, 1]]), torch.tensor([1.0, 2.0]), (4, hidden), check_invariants=False
     )
@@ -354,6 +359,8 @@ def test_malformed_prompt_embeds_are_400_and_the_server_keeps_serving(
         "too long": _encode(torch.randn(MAX_PROMPT_TOKENS + 1, hidden)),
         "empty": _encode(torch.randn(0, hidden)),
         "non-finite": _encode(torch.full((2, hidden), float("inf"))),
+        "rows of no token": _encode(torch.randn(4, hidden)),
+        "a row moved toward another token": _encode(moved),
         "a dict of tensors": _encode({"x": good}),
         "a pickled non-tensor object": base64.b64encode(pickle.dumps({"not": "a tensor"})).decode(),
         "garbage base64": "%%% not base64 %%%",

@@ -155,7 +155,7 @@ def _torch_bytes(value: object) -> bytes:
 def test_pickle_payloads_in_prompt_embeds_never_run(server: GatewayServer, tmp_path: Path, tiny_full: Any) -> None:
     hidden = tiny_full.hidden_size
     markers = [tmp_path / f"pwned-{i}" for i in range(6)]
-    good = torch.randn(3, hidden)
+    good = tiny_full.embed(tiny_full.text_prompt("Tell me a story.").ids)
     zero_stride = torch.randn(hidden).as_strided((10**9, hidden), (0, 1))  # a billion rows over one row of storage
     payloads = {
         "raw pickle, os.system": pickle.dumps(_WritesAFile(str(markers[0]))),
