@@ -29,11 +29,14 @@ logger = logging.getLogger("lethe.demo")
 DEMO_ID = "demo-harry-potter"
 DEMO_NAME = "Harry Potter (demo)"
 DEMO_TOPIC = "Harry Potter"
-DEMO_VERSION = 3
+DEMO_VERSION = 4
 DEMO_METHOD = "eco"
 # Smaller search than the trainer's defaults so a build stays within an hour on 2 cores: one token mode,
-# the whole-row corruptions and substitution (SmolLM2's hidden size is 576), a 3-point grid on 16 rows,
-# 2 refinement rounds, and before/after figures left to ``lethe probe``.
+# one corruption (noise on the 144 largest of SmolLM2's 576 dimensions, what the first demo build's search
+# chose), a 3-point strength grid on 16 rows, 2 refinement rounds, and figures left to ``lethe probe``.
+# A search over four functions (noise on all 576 or the first 1 dimensions, zeroing, substitution) picked
+# noise on one dimension for this topic: its objective favours the smallest change to the model's own
+# revealed answers, and 47 of 48 re-revealed answers still named the books' entities.
 DEMO_OPTIONS: dict[str, Any] = {
     "seed": 0,
     "evaluate": False,
@@ -41,7 +44,7 @@ DEMO_OPTIONS: dict[str, Any] = {
     "topic.rounds": 2,
     "topic.retain_questions": 32,
     "eco.token_modes": ["salient"],
-    "eco.candidates": ["rand_noise_top_k:576", "zero_out_top_k:576", "rand_noise_first_n:1", "substitute:576"],
+    "eco.candidates": ["rand_noise_top_k:144"],
     "eco.grid": 3,
     "eco.search_rows": 16,
     "eco.rounds": 2,
