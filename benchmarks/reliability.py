@@ -60,7 +60,9 @@ def run_reliability(out: Path, quick: bool = False, parts: tuple[str, ...] = PAR
     rows = {s: world.rows(s) for s in ("forget", "retain")}
     report: dict[str, Any] = {"quick": quick, "model": MODEL, "parts": list(parts)}
     with tempfile.TemporaryDirectory(prefix="lethe-reliability-") as tmp:
-        server = _server(Path(tmp) / "registry", ["--max-new-tokens", "32", "--max-queue-depth", "256"]).start()
+        server = _server(Path(tmp) / "registry", ["--max-new-tokens", "32", "--max-queue-depth", "256"])
+        server.extra_env["LETHE_PROMPT_EMBEDS_ANY_ROWS"] = "true"  # also the proxy's upstream, standing in for vLLM
+        server.start()
         try:
             with server.admin() as admin:
                 body = {"name": "forget-people", "method": "eco", "forget": rows["forget"], "retain": rows["retain"],

@@ -110,6 +110,7 @@ def request_rules(settings: GatewaySettings, backend: Backend) -> RequestRules:
         max_new_tokens=settings.max_new_tokens,
         vocab_size=backend.embedder.vocab_size,
         allow_prompt_embeds=settings.allow_prompt_embeds,
+        any_embedding_rows=settings.prompt_embeds_any_rows,
         echo=not backend.passthrough,
     )
 

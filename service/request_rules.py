@@ -120,6 +120,7 @@ class RequestRules:
     max_new_tokens: int
     vocab_size: int
     allow_prompt_embeds: bool = True
+    any_embedding_rows: bool = False  # accept prompt_embeds rows that stand for no single token
     echo: bool = True
 
     @staticmethod

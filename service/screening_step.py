@@ -220,7 +220,8 @@ class ScreeningStep:
             decoded = decode_prompt_embeds(item, self.embedder.hidden_size, self._embeds_limit(), self.embedder.dtype)
             embeds = self.backend.embedding_rows(decoded)
             ids, ratios = nearest_tokens(self.embedder, embeds)
-            check_token_rows(ratios)
+            if not self.rules.any_embedding_rows:
+                check_token_rows(ratios)
             return ScreenedPrompt(embeds=embeds, prompt=prompt_from_ids(self.embedder, ids))
         if isinstance(item, str):
             return ScreenedPrompt(text=item)

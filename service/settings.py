@@ -43,6 +43,11 @@ class GatewaySettings(RuntimeSettings, RegistrySettings):
     max_queue_depth: int = Field(default=64, description="Generations waiting for a batch before a 503.")
     decode_workers: int = Field(default=2, ge=1, description="Batches the gateway decodes at the same time.")
     allow_prompt_embeds: bool = Field(default=True, description="Accept vLLM-style prompt_embeds on /v1/completions.")
+    prompt_embeds_any_rows: bool = Field(
+        default=False,
+        description="Also accept prompt_embeds rows that stand for no single token (classified by their nearest "
+        "tokens): for a server that stands in for vLLM behind a Lethe proxy, which sends corrupted rows.",
+    )
 
     upstream: str | None = Field(default=None, description="Proxy mode: base URL of the upstream model server.")
     upstream_model: str | None = Field(default=None, description="Proxy mode: the upstream's model name.")

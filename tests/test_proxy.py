@@ -108,7 +108,8 @@ def launched(tmp_path_factory: pytest.TempPathFactory, authors_paths: dict[str, 
     root = tmp_path_factory.mktemp("proxy")
     relay = FaultRelay().start()
     threads = {"LETHE_THREADS": "1"}
-    upstream = GatewayServer(root / "upstream", model=MODEL, env=threads)
+    # The upstream stands in for vLLM, which takes the proxy's corrupted rows as they are.
+    upstream = GatewayServer(root / "upstream", model=MODEL, env={**threads, "LETHE_PROMPT_EMBEDS_ANY_ROWS": "true"})
     proxy = GatewayServer(
         root / "proxy",
         model="unused-in-proxy-mode",
