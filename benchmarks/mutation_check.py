@@ -121,7 +121,7 @@ def run_one(mutation: Mutation, timeout: float) -> dict[str, object]:
         if text.count(mutation.old) != 1:
             return {"name": mutation.name, "status": "not applied", "why": mutation.why}
         target.write_text(text.replace(mutation.old, mutation.new))
-        # PYTHONSAFEPATH: no process (pytest, the servers it starts) puts its working folder first on sys.path,
+        # PYTHONSAFEPATH: no process (pytest, the servers it starts) puts its working folder first on the import path,
         # where the copy's lethe/ would shadow the shim and leave every other layer to the unmutated checkout.
         env = {**os.environ, "PYTHONPATH": str(shim), "PYTHONSAFEPATH": "1", "LETHE_THREADS": "1",
                "LETHE_TEST_THREADS": "1"}  # fmt: skip
