@@ -173,7 +173,7 @@ def test_zeroth_order_paths_never_call_backward(tiny_full: LanguageModel, rows: 
 
 def test_training_is_reproducible_for_a_seed(tiny_full: LanguageModel, rows: dict, scope: ScopeClassifier) -> None:
     options = {**QUICK_ECO, "evaluate": False, "seed": 3}
-    forget, retain = rows["forget"][:24], rows["retain"][:24]
+    forget, retain = rows["forget"][:16], rows["retain"][:16]  # two clusters of 8: per-cluster strengths compared
     config = TrainConfig.from_options("eco", options)
     first = train_forget_set(tiny_full, "a", forget, retain, config, classifier=scope)
     second = train_forget_set(tiny_full, "a", forget, retain, config, classifier=scope)
