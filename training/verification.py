@@ -95,8 +95,11 @@ class EvalPrompt(BaseModel):
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("give exactly one of 'messages' or 'prompt'")
         for message in self.messages or ():
-            if set(message) != {"role", "content"} or message["role"] not in ("system", "user", "assistant"):
-                raise ValueError("each message needs a 'role' (system, user or assistant) and a 'content'")
+            roles = ("system", "developer", "user", "assistant")
+            if set(message) != {"role", "content"} or message["role"] not in roles:
+                raise ValueError("each message needs a 'role' (system, developer, user or assistant) and a 'content'")
+            if message["role"] == "developer":  # rendered as a system turn, as the chat endpoint does
+                message["role"] = "system"
         return self
 
     @property
