@@ -24,6 +24,12 @@ class ForgetSetCreate(StrictModel):
     options: dict[str, Any] | None = None
     topic: str | None = Field(default=None, min_length=1, max_length=500)
     seed_prompts: list[str] | None = Field(default=None, max_length=200)
+    entities: list[str] | None = Field(
+        default=None, max_length=2000, description="with 'topic': names that belong to it (people, places, objects)"
+    )
+    keep_topics: list[str] | None = Field(
+        default=None, max_length=500, description="with 'topic': adjacent topics that must stay answerable"
+    )
     retain: list[dict[str, Any]] | None = Field(default=None, max_length=20000)
     forget: list[dict[str, Any]] | None = Field(default=None, min_length=1, max_length=20000)
 
@@ -73,8 +79,12 @@ class ForgetSetCreate(StrictModel):
     def _forget_or_topic(self) -> ForgetSetCreate:
         if self.forget is not None and self.topic is not None:
             raise ValueError("give 'forget' (rows) or 'topic' (the model reveals what it knows), not both")
-        if self.seed_prompts is not None and self.topic is None:
-            raise ValueError("'seed_prompts' go with 'topic'")
+        for field_name in ("seed_prompts", "entities", "keep_topics"):
+            values = getattr(self, field_name)
+            if values is not None and self.topic is None:
+                raise ValueError(f"'{field_name}' go with 'topic'")
+            if values is not None and any(not v.strip() or len(v) > 2000 for v in values):
+                raise ValueError(f"each of '{field_name}' must be a non-empty text of at most 2,000 characters")
         return self
 
 

@@ -236,7 +236,8 @@ class ForgetSetManager:
         if self._shared is not None:  # the rows go to a worker through the registry, erased when the job ends
             stored_input = {
                 "forget": body.forget, "retain": body.retain, "topic": body.topic,
-                "seed_prompts": list(body.seed_prompts or []), "options": options,
+                "seed_prompts": list(body.seed_prompts or []), "entities": list(body.entities or []),
+                "keep_topics": list(body.keep_topics or []), "options": options,
             }  # fmt: skip
         with self._lock:
             record, job = self.registry.create_training(
@@ -247,6 +248,7 @@ class ForgetSetManager:
                     TrainJob(
                         job_id, forget_set_id, name, body.method, forget, retain, config,
                         topic=body.topic, seed_prompts=list(body.seed_prompts or []),
+                        entities=list(body.entities or []), keep_topics=list(body.keep_topics or []),
                     )
                 )  # fmt: skip
         self.audit.record(

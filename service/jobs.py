@@ -45,6 +45,8 @@ class TrainJob:
     config: Any
     topic: str | None = None
     seed_prompts: list[str] = field(default_factory=list)
+    entities: list[str] = field(default_factory=list)
+    keep_topics: list[str] = field(default_factory=list)
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -62,6 +64,7 @@ def job_from_input(job_id: str, forget_set_id: str, name: str, method: str, data
     return TrainJob(
         job_id, forget_set_id, name, method, forget, retain, config,
         topic=data.get("topic"), seed_prompts=list(data.get("seed_prompts") or []),
+        entities=list(data.get("entities") or []), keep_topics=list(data.get("keep_topics") or []),
     )  # fmt: skip
 
 
@@ -78,6 +81,7 @@ def train_artifact(model: LanguageModel, job: TrainJob, progress: Callable[[floa
         artifact = train_topic(
             model, job.name, job.topic, job.seed_prompts, job.config,
             progress=training, cancel=job.cancel, forget_set_id=job.forget_set_id,
+            entities=job.entities, keep_topics=job.keep_topics,
         )  # fmt: skip
     else:
         artifact = train_forget_set(

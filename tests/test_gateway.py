@@ -546,6 +546,9 @@ def test_bad_input_gets_openai_errors_and_changes_nothing(server: GatewayServer,
             ({"name": "x", "forget": forget, "method": "eco", "extra": 1}, None),  # a client's key is never echoed
             ({"name": "x", "forget": forget, "topic": "Harry Potter", "method": "eco"}, None),
             ({"name": "x", "forget": forget, "seed_prompts": ["Who?"], "method": "eco"}, None),
+            ({"name": "x", "forget": forget, "entities": ["Hermione"], "method": "eco"}, None),
+            ({"name": "x", "forget": forget, "keep_topics": ["Narnia"], "method": "eco"}, None),
+            ({"name": "x", "topic": "Harry Potter", "entities": ["Hermione", " "], "method": "eco"}, None),
             ({"name": "x", "topic": "", "method": "eco"}, "topic"),
             ({"name": "x", "topic": "Harry Potter", "method": "eco", "options": {"topic.budget": 1}}, "options"),
         ]

@@ -310,3 +310,15 @@ def test_a_failing_row_fails_alone_and_its_batch_company_is_answered(tiny_full: 
     finally:
         gate.set()
         batcher.stop()
+
+
+def test_a_stored_topic_job_keeps_its_entities_and_adjacent_topics() -> None:
+    """What a worker reads back from the registry is what the admin API was given (issue 14: the request's names
+    and adjacent topics reach the topic trainer)."""
+    from lethe.service.jobs import job_from_input
+
+    data = {"topic": "Harry Potter", "seed_prompts": ["Who is Harry?"], "entities": ["Hermione Granger", "Hogwarts"],
+            "keep_topics": ["The Chronicles of Narnia"], "options": {}}  # fmt: skip
+    job = job_from_input("job-1", "fs-1", "hp", "eco", data)
+    assert (job.topic, job.seed_prompts) == ("Harry Potter", ["Who is Harry?"])
+    assert job.entities == ["Hermione Granger", "Hogwarts"] and job.keep_topics == ["The Chronicles of Narnia"]
