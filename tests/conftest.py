@@ -52,3 +52,12 @@ def tiny_full(authors_paths: dict[str, Path]) -> LanguageModel:
 def tiny_retain(authors_paths: dict[str, Path]) -> LanguageModel:
     """The tiny Llama that never saw the forget authors."""
     return LanguageModel.load(str(authors_paths["retain"]))
+
+
+@pytest.fixture(scope="module")
+def world_rows() -> dict[str, list[dict]]:
+    """Forget, retain and held-out rows of the test world (built again per module, as each module may change them)."""
+    from lethe.benchmarks.authors_world import WorldConfig, build_world
+
+    world = build_world(WorldConfig.test())
+    return {split: world.rows(split) for split in ("forget", "retain", "heldout")}

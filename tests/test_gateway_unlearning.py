@@ -33,15 +33,6 @@ GREEDY = SamplingParams(max_new_tokens=24)
 
 
 @pytest.fixture(scope="module")
-def world_rows() -> dict[str, list[dict]]:
-    """Forget and retain rows of the test world."""
-    from lethe.benchmarks.authors_world import WorldConfig, build_world
-
-    world = build_world(WorldConfig.test())
-    return {"forget": world.rows("forget"), "retain": world.rows("retain")}
-
-
-@pytest.fixture(scope="module")
 def trained(
     tmp_path_factory: pytest.TempPathFactory, authors_paths: dict[str, Path], world_rows: dict[str, list[dict]]
 ) -> dict[str, Any]:

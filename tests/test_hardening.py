@@ -39,15 +39,6 @@ BODY_TIMEOUT_S = 3
 
 
 @pytest.fixture(scope="module")
-def world_rows() -> dict[str, list[dict]]:
-    """Forget and retain rows of the test world."""
-    from lethe.benchmarks.authors_world import WorldConfig, build_world
-
-    world = build_world(WorldConfig.test())
-    return {split: world.rows(split) for split in ("forget", "retain")}
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, authors_paths: dict[str, Path], world_rows: dict) -> Any:
     """A gateway with keys, a short body timeout and one forget set trained through the API (so prompts are
     classified)."""

@@ -62,15 +62,6 @@ GREEDY = SamplingParams(max_new_tokens=20)
 # Fixtures -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def world_rows() -> dict[str, list[dict]]:
-    """Forget and retain rows of the test world."""
-    from lethe.benchmarks.authors_world import WorldConfig, build_world
-
-    world = build_world(WorldConfig.test())
-    return {"forget": world.rows("forget"), "retain": world.rows("retain")}
-
-
 def _import(server: GatewayServer, data: bytes) -> httpx.Response:
     with server.admin() as admin:
         return admin.post("/admin/forget-sets/import", content=data, headers={"content-type": "application/gzip"})

@@ -58,15 +58,6 @@ def pg() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(scope="module")
-def world_rows() -> dict[str, list[dict]]:
-    """Forget and retain rows of the test world."""
-    from lethe.benchmarks.authors_world import WorldConfig, build_world
-
-    world = build_world(WorldConfig.test())
-    return {"forget": world.rows("forget"), "retain": world.rows("retain")}
-
-
-@pytest.fixture(scope="module")
 def stack(
     pg: PostgresServer, tmp_path_factory: pytest.TempPathFactory, authors_paths: dict[str, Path]
 ) -> Iterator[dict[str, Any]]:

@@ -37,15 +37,6 @@ FAST_OPTIONS = SMOKE_OPTIONS
 CANARY = "QX-canary-7731-zebra"
 
 
-@pytest.fixture(scope="module")
-def world_rows() -> dict[str, list[dict]]:
-    """Forget, retain and held-out rows of the test world."""
-    from lethe.benchmarks.authors_world import WorldConfig, build_world
-
-    world = build_world(WorldConfig.test())
-    return {split: world.rows(split) for split in ("forget", "retain", "heldout")}
-
-
 def _train(admin: httpx.Client, rows: dict[str, list[dict]], name: str) -> dict[str, Any]:
     response = admin.post(
         "/admin/forget-sets",
