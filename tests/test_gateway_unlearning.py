@@ -22,6 +22,7 @@ from lethe.benchmarks.server_harness import GatewayServer, wait_for_job
 from lethe.runtime.generation import SamplingParams
 from lethe.runtime.model import LanguageModel
 from lethe.runtime.screening import ForgetSetScreen
+from lethe.service.artifact_archive import pack_artifact
 from lethe.service.audit import AuditHasher
 from lethe.training.presets import SMOKE_OPTIONS
 
@@ -332,6 +333,13 @@ def test_disable_enable_and_delete(
         assert admin.get("/admin/forget-sets").json()["data"] == []
     assert not (server.registry / "artifacts" / trained["id"]).exists()
     assert _chat(server, question)["choices"][0]["message"]["content"] == base
+
+    # Put the set back from its copy: the module's other tests need it, whatever order they run in.
+    with server.admin() as admin:
+        restored = admin.post("/admin/forget-sets/import", content=pack_artifact(trained["root"] / "artifact-copy"),
+                              headers={"content-type": "application/gzip"})  # fmt: skip
+    assert restored.status_code == 201, restored.text
+    assert restored.json()["id"] == trained["id"] and _flagged_ids(server, question) == [trained["id"]]
 
 
 def _start_training(admin: httpx.Client, world_rows: dict[str, list[dict]], name: str) -> dict[str, Any]:

@@ -190,9 +190,9 @@ def test_registered_on_a_trained_by_the_worker_flagged_on_b_then_disabled_on_b_u
         assert on.status_code == 200 and on.json()["live"] is True
         _until(lambda: trained["id"] in _flagged(admin_b, trained["conversation"]), timeout=PROPAGATION_LIMIT_S)
 
-    # The audit log stays per process: each one wrote what it did.
-    events_a = [e["event"] for e in _audit(stack["root"] / "a-state")]
-    events_b = [e["event"] for e in _audit(stack["root"] / "b-state")]
+    # The audit log stays per process: each one wrote what it did (to this set; other tests share the stack).
+    events_a = [e["event"] for e in _audit(stack["root"] / "a-state") if e.get("forget_set_id") == trained["id"]]
+    events_b = [e["event"] for e in _audit(stack["root"] / "b-state") if e.get("forget_set_id") == trained["id"]]
     events_worker = [e["event"] for e in _audit(stack["root"] / "worker-1")]
     assert "forget_set_created" in events_a and "forget_set_created" not in events_b
     assert "forget_set_disabled" in events_b and "forget_set_disabled" not in events_a
