@@ -3,9 +3,12 @@
 A ``MentionIndex`` holds the token sequences that spell the forget set's entities (each surface form
 with and without a leading space, as typed and in lower case) in a trie. It finds every mention in
 a whole sequence (the prompt, a teacher-forced answer) and, while a model generates, whether the token
-just produced continues a mention. With a surrogate, a mention's rows are paired with the surrogate's
-rows position by position (``j = i * m // n`` when the two spellings differ in length), so a
-substitution can move each row toward its counterpart.
+just produced continues a mention. A generated token that only begins a mention is a continuation when
+it stops inside a word of it (" Hog" of " Hogwarts"), not when it is a whole word the mention goes on
+from (" The" of " The Burrow"): such a word is as likely the start of any other sentence, and corrupting
+it wherever it is generated broke every flagged answer. With a surrogate, a mention's rows are paired
+with the surrogate's rows position by position (``j = i * m // n`` when the two spellings differ in
+length), so a substitution can move each row toward its counterpart.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ class Mention:
     ids: tuple[int, ...]
     surrogate: tuple[int, ...] = ()
     entity: str = ""
+    word_ends: tuple[int, ...] = ()
+    """Token counts at which a word of the spelling ends, before its last word (``(1,)`` for " The Burrow")."""
 
     def counterpart(self, offset: int) -> int | None:
         """The surrogate token paired with the mention's ``offset``-th token (``None`` without a surrogate)."""
@@ -36,6 +41,8 @@ class _Node:
     children: dict[int, _Node] = field(default_factory=dict)
     ends: list[int] = field(default_factory=list)
     passing: list[int] = field(default_factory=list)
+    word_end: bool = False
+    """Some mention through this node ends a word here and goes on with another."""
 
 
 class MentionIndex:
@@ -46,9 +53,10 @@ class MentionIndex:
         self._root = _Node()
         for index, mention in enumerate(self.mentions):
             node = self._root
-            for token in mention.ids:
+            for depth, token in enumerate(mention.ids, start=1):
                 node = node.children.setdefault(token, _Node())
                 node.passing.append(index)
+                node.word_end = node.word_end or depth in mention.word_ends
             node.ends.append(index)
 
     def __bool__(self) -> bool:
@@ -70,8 +78,10 @@ class MentionIndex:
                 for prefix in ("", " "):
                     ids = tuple(encode(prefix + form))
                     swap = tuple(encode(prefix + other)) if other else ()
+                    words = form.split()
+                    ends = tuple(len(encode(prefix + " ".join(words[:k]))) for k in range(1, len(words)))
                     if ids:
-                        mentions.append(Mention(ids, swap, entity))
+                        mentions.append(Mention(ids, swap, entity, ends))
         return cls(mentions)
 
     def find(self, ids: Sequence[int]) -> list[tuple[int, int, Mention]]:
@@ -90,7 +100,8 @@ class MentionIndex:
         return found
 
     def continuing(self, ids: Sequence[int], lookback: int = 8) -> tuple[Mention, int] | None:
-        """Whether the last token of ``ids`` continues a (possibly partial) mention: the mention and the offset."""
+        """Whether the last token of ``ids`` continues a mention, whole or partial (within a word, see the
+        module docstring): the mention and the token's offset in it."""
         for start in range(max(0, len(ids) - lookback), len(ids)):
             node = self._root
             for position in range(start, len(ids)):
@@ -98,8 +109,8 @@ class MentionIndex:
                 if node is None:
                     break
             else:
-                if node is not self._root:
-                    return self.mentions[node.passing[0]], len(ids) - 1 - start
+                if node is not self._root and (node.ends or not node.word_end):
+                    return self.mentions[(node.ends or node.passing)[0]], len(ids) - 1 - start
         return None
 
     def rewrites(self, decode: Callable[[Sequence[int]], str]) -> list[tuple[str, str]]:

@@ -283,6 +283,19 @@ def test_generated_mentions_are_corrupted_before_they_are_fed_back(tiny_full: La
         assert guided.token_ids != unguided.token_ids
 
 
+def test_a_generated_word_that_only_begins_a_mention_is_left_alone(smollm2: LanguageModel) -> None:
+    """" The" begins " The Leaky Cauldron" but is a whole word: feeding it back corrupted broke every flagged
+    answer (they opened with "The:"). A token inside a word of a mention, or one completing it, is corrupted."""
+    encode = smollm2.embedder.encode
+    index = MentionIndex.from_surfaces(encode, ["The Leaky Cauldron", "Hogwarts", "Harry"])
+    assert index.continuing(encode("Well, The")) is None
+    assert index.continuing(encode("Well, the")) is None
+    for text, entity in (("Well, The Le", "The Leaky Cauldron"), ("Well, Hog", "Hogwarts"), ("Well, Harry", "Harry")):
+        found = index.continuing(encode(text))
+        assert found is not None and found[0].entity == entity, text
+    assert [m.entity for _, _, m in index.find(encode("At The Leaky Cauldron, The end"))] == ["The Leaky Cauldron"]
+
+
 def test_smollm2_folder_carries_the_model_cards_sampling(settings) -> None:  # type: ignore[no-untyped-def]
     import json
 
