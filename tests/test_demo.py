@@ -9,14 +9,12 @@ from lethe.runtime.model import LanguageModel
 from lethe.runtime.screening import ForgetSetScreen
 from lethe.runtime.settings import RuntimeSettings
 from lethe.training.demo import DEMO_ID, DEMO_METHOD, DEMO_OPTIONS, SHIPPED_DEMO, demo_folder, demo_forget_set
-from lethe.training.topic import TOPIC_CLASSIFIER_DEFAULTS
-from lethe.training.trainer import TrainConfig
+from lethe.training.trainer import TrainConfig, topic_config
 
 
 def test_the_shipped_demo_was_built_with_the_current_demo_settings() -> None:
     manifest = json.loads((SHIPPED_DEMO / "manifest.json").read_text())
-    config = TrainConfig.from_options(DEMO_METHOD, DEMO_OPTIONS)
-    config = config.model_copy(update={"classifier": {**TOPIC_CLASSIFIER_DEFAULTS, **config.classifier}})  # a topic's
+    config = topic_config(TrainConfig.from_options(DEMO_METHOD, DEMO_OPTIONS))
     expected = json.loads(config.model_dump_json())
     assert manifest["id"] == DEMO_ID
     assert manifest["metrics"]["config"] == expected  # else rebuild: lethe train --demo --out training/demo_artifact

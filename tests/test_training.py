@@ -276,3 +276,20 @@ def test_cli_writes_an_artifact_and_bad_input_leaves_none(
     assert failed.returncode != 0
     assert "completion" in failed.stderr and "Traceback" not in failed.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_topic_answer_values_keep_names_and_drop_ordinary_words() -> None:
+    """A topic's revealed answers are the model's own text: only the words that name something are corrupted
+    wherever they occur (ordinary ones would break every flagged answer's fluency); rows keep every fact."""
+    from lethe.training.mention_targets import answer_values
+
+    answer = "A wonderful castle called Zarnwick Keep, founded in 1742, full of brave friends."
+    forget = [ForgetRow(prompt="Where does the story happen?", completion=answer)]
+    retain = [ForgetRow(prompt="What is Paris?", completion="Paris is the capital of France.")]
+    every = answer_values(forget, retain, ())
+    named = answer_values(forget, retain, (), names_only=True)
+    assert {"wonderful", "castle", "brave", "Zarnwick", "1742"} <= set(every)
+    assert {"Zarnwick", "Zarnwick Keep", "1742", "called Zarnwick"} <= set(named)
+    assert not {"wonderful", "castle", "brave", "friends", "brave friends", "full"} & set(named)
+    config = TrainConfig.from_options("eco", {})
+    assert config.eco.value_words == "any" and "value_words" not in config.eco.model_fields_set

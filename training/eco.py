@@ -97,6 +97,12 @@ class EcoConfig(BaseModel):
     answer_values: bool = Field(
         default=True, description="also corrupt the forget answers' distinctive words wherever they occur"
     )
+    value_words: Literal["any", "names"] = Field(
+        default="any",
+        description="which distinctive answer words: any content word or pair no kept text uses (rows: the "
+        "facts), or only those naming something, a capitalized uncommon word or a number (a topic's default: "
+        "its answers are the model's own text)",
+    )
     scope: Literal["auto", "prompt", "sequence"] = Field(
         default="auto", description="corrupt entity mentions in the whole sequence (auto: when there are entities)"
     )

@@ -82,13 +82,18 @@ def _content_grams(text: str, stopwords: frozenset[str]) -> set[str]:
     return grams
 
 
-def answer_values(forget: Sequence[ForgetRow], retain: Sequence[ForgetRow], entities: Sequence[str]) -> list[str]:
+def answer_values(
+    forget: Sequence[ForgetRow], retain: Sequence[ForgetRow], entities: Sequence[str], names_only: bool = False
+) -> list[str]:
     """Content words and word pairs of the forget answers that no retain answer and no general text uses.
 
     Names already among ``entities`` (or their words) are left out: they are handled as entities.
+    ``names_only`` keeps the words and pairs that name something: one word capitalized, of three letters
+    or more and outside the common words, or a number. A topic's answers are the model's own revealed
+    text, whose other unshared words are ordinary vocabulary ("wonderful", "castle").
     """
     from lethe.classifier.entities import STOPWORDS
-    from lethe.classifier.pool import load_pool
+    from lethe.classifier.pool import common_words, load_pool
 
     forget_grams = set().union(*(_content_grams(r.completion, STOPWORDS) for r in forget))
     forget_grams |= set().union(*(_content_grams(r.reference_answer, STOPWORDS) for r in forget))
@@ -96,4 +101,17 @@ def answer_values(forget: Sequence[ForgetRow], retain: Sequence[ForgetRow], enti
     shared = set().union(*(_content_grams(t, STOPWORDS) for t in kept_texts)) if kept_texts else set()
     named = {w for e in entities for w in (e, *e.split())}
     values = {g for g in forget_grams - shared if g not in named and not set(g.split()) <= named}
+    if names_only:
+        common = common_words()
+        values = {g for g in values if any(_names_something(w, common) for w in g.split())}
     return sorted(values, key=lambda v: (-len(v), v))
+
+
+def _names_something(word: str, common: frozenset[str]) -> bool:
+    from lethe.classifier.text import normalize_word
+
+    if any(c.isdigit() for c in word):
+        return True
+    plain = normalize_word(word)
+    ordinary = plain in common or (plain.endswith("s") and plain[:-1] in common)
+    return word[:1].isupper() and len(plain) >= 3 and not ordinary

@@ -168,6 +168,15 @@ def train_forget_set(
     return final
 
 
+def topic_config(config: TrainConfig) -> TrainConfig:
+    """``config`` with a topic's defaults where it leaves them unset: ``TOPIC_CLASSIFIER_DEFAULTS`` and ECO's
+    ``value_words="names"`` (a topic's answers are the model's own text)."""
+    update: dict[str, Any] = {"classifier": {**TOPIC_CLASSIFIER_DEFAULTS, **config.classifier}}
+    if "value_words" not in config.eco.model_fields_set:
+        update["eco"] = config.eco.model_copy(update={"value_words": "names"})
+    return config.model_copy(update=update)
+
+
 def train_topic(
     model: LanguageModel,
     name: str,
@@ -185,11 +194,11 @@ def train_topic(
     """A forget set from a topic: reveal what the model knows, then train as ``train_forget_set`` does.
 
     ``entities`` (names that belong to the topic) and ``keep_topics`` (adjacent topics that must stay
-    answerable) are optional; the topic's classifier starts from ``TOPIC_CLASSIFIER_DEFAULTS``.
+    answerable) are optional; the run starts from a topic's defaults (``topic_config``).
     ``record`` collects the prompts the build trained on (see ``train_topic_forget_set``).
     """
     check_model(model, ForgetRow(prompt=topic or "?", completion="?"))
-    config = config.model_copy(update={"classifier": {**TOPIC_CLASSIFIER_DEFAULTS, **config.classifier}})
+    config = topic_config(config)
 
     def train(
         forget: list[ForgetRow], retain: list[ForgetRow], hints: ScopeHints, report: Callable[[float, str], None]

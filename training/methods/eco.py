@@ -36,7 +36,8 @@ class EcoStage(Stage):
         """Search the corruption and tune its strengths (``training.eco.train_eco``)."""
         names = [e.surface for e in inputs.factory.classifier.entities]
         surrogates = choose_surrogates(names, inputs.known_entities, inputs.model.embedder.encode, inputs.seed)
-        values = answer_values(inputs.forget, inputs.retain, names) if config.answer_values else []
+        names_only = config.value_words == "names"
+        values = answer_values(inputs.forget, inputs.retain, names, names_only) if config.answer_values else []
         result = train_eco(
             inputs.model, inputs.factory, inputs.samples, config, inputs.seed, report, surrogates, values
         )
