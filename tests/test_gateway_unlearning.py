@@ -281,15 +281,17 @@ def test_metrics_and_audit_log_record_flags_without_text(
         return float(line.split()[-1]) if line else 0.0
 
     before = flagged_count()
+    audit_path = server.registry / "audit.jsonl"
+    earlier = len(audit_path.read_text().splitlines()) if audit_path.exists() else 0  # other tests' entries
     for _ in range(3):
         _chat(server, question, max_tokens=4)
     assert flagged_count() == before + 3
     with server.admin() as admin:
         assert 'lethe_inference_requests_total{flagged="true",route="chat"}' in admin.get("/metrics").text
-    audit = (server.registry / "audit.jsonl").read_text()
+    audit = audit_path.read_text()
     hasher = AuditHasher.for_registry(server.registry)  # the key the server wrote at its first start
     digest = hasher.text(tiny_full.chat_prompt([{"role": "user", "content": question}]).text)
-    entries = [json.loads(line) for line in audit.splitlines()]
+    entries = [json.loads(line) for line in audit.splitlines()[earlier:]]
     mine = [e for e in entries if e.get("prompt_hmac") == digest]
     assert len(mine) >= 3 and all(e["forget_sets"] == [trained["id"]] for e in mine)
     for row in world_rows["forget"]:

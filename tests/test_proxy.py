@@ -880,11 +880,16 @@ def test_stopping_the_upstream_is_a_502_and_the_proxy_stays_up(
 ) -> None:
     proxy, upstream = stack["proxy"], stack["upstream"]
     assert upstream.stop() == 0
-    forget, retain = _questions(world_rows)
-    for question in (retain[0], forget[0]):
-        response, took = _timed_chat(proxy.base_url, question)
-        assert assert_openai_error(response, 502)["code"] in ("upstream_unavailable", "upstream_error")
-        assert took < 5.0
-    assert httpx.get(f"{proxy.base_url}/health", timeout=2).status_code == 200
-    with httpx.Client(base_url=proxy.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as admin:
-        assert admin.get("/admin/forget-sets").status_code == 200
+    try:
+        forget, retain = _questions(world_rows)
+        for question in (retain[0], forget[0]):
+            response, took = _timed_chat(proxy.base_url, question)
+            assert assert_openai_error(response, 502)["code"] in ("upstream_unavailable", "upstream_error")
+            assert took < 5.0
+        assert httpx.get(f"{proxy.base_url}/health", timeout=2).status_code == 200
+        with httpx.Client(base_url=proxy.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as admin:
+            assert admin.get("/admin/forget-sets").status_code == 200
+    finally:  # the module's other tests need the upstream back, whatever order they run in
+        upstream.start()
+        stack["relay"].target_port = upstream.port
+    assert _content(_chat(proxy.base_url, retain[0]))

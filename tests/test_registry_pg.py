@@ -167,6 +167,8 @@ def test_registered_on_a_trained_by_the_worker_flagged_on_b_then_disabled_on_b_u
     stack: dict[str, Any], trained: dict[str, Any], pg: PostgresServer
 ) -> None:
     a, b = stack["a"], stack["b"]
+    # Other tests toggle the same set on the shared stack: only this test's audit entries count below.
+    earlier = {name: len(_audit(stack["root"] / name)) for name in ("a-state", "b-state")}
     print(f"flagged after the job's success: replica B {trained['delay_b']:.3f} s, A {trained['delay_a']:.3f} s")
     assert trained["delay_b"] < PROPAGATION_LIMIT_S, trained
     assert trained["delay_a"] < PROPAGATION_LIMIT_S, trained
@@ -190,12 +192,14 @@ def test_registered_on_a_trained_by_the_worker_flagged_on_b_then_disabled_on_b_u
         assert on.status_code == 200 and on.json()["live"] is True
         _until(lambda: trained["id"] in _flagged(admin_b, trained["conversation"]), timeout=PROPAGATION_LIMIT_S)
 
-    # The audit log stays per process: each one wrote what it did (to this set; other tests share the stack).
+    # The audit log stays per process: each one wrote what it did.
     events_a = [e["event"] for e in _audit(stack["root"] / "a-state") if e.get("forget_set_id") == trained["id"]]
     events_b = [e["event"] for e in _audit(stack["root"] / "b-state") if e.get("forget_set_id") == trained["id"]]
     events_worker = [e["event"] for e in _audit(stack["root"] / "worker-1")]
     assert "forget_set_created" in events_a and "forget_set_created" not in events_b
-    assert "forget_set_disabled" in events_b and "forget_set_disabled" not in events_a
+    toggled_a = [e["event"] for e in _audit(stack["root"] / "a-state")[earlier["a-state"] :]]
+    toggled_b = [e["event"] for e in _audit(stack["root"] / "b-state")[earlier["b-state"] :]]
+    assert "forget_set_disabled" in toggled_b and "forget_set_disabled" not in toggled_a
     assert "job_succeeded" in events_worker
 
 
