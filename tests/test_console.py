@@ -60,13 +60,16 @@ def server(tmp_path_factory: pytest.TempPathFactory, authors_paths: dict[str, Pa
     gateway.stop()
 
 
-def _ready_set(server: GatewayServer, world: dict[str, list[dict[str, Any]]]) -> str:
-    """A ready forget set of the server: one the browser registered, else one trained here through the API."""
+def _ready_set(server: GatewayServer, world: dict[str, list[dict[str, Any]]], name: str | None = None) -> str:
+    """A ready forget set of the server: one the browser registered, else one trained here through the API.
+    With ``name``, the set of that name (trained here the first time): a test whose figures another test
+    would change (a re-measured report) keeps its own."""
     with server.admin() as admin:
-        ready = [s for s in admin.get("/admin/forget-sets").json()["data"] if s["state"] == "ready"]
+        ready = [s for s in admin.get("/admin/forget-sets").json()["data"]
+                 if s["state"] == "ready" and (name is None or s["name"] == name)]  # fmt: skip
         if ready:
             return str(ready[0]["id"])
-        body = {"name": "authors-api", "method": "eco", "forget": world["forget"], "retain": world["retain"],
+        body = {"name": name or "authors-api", "method": "eco", "forget": world["forget"], "retain": world["retain"],
                 "options": QUICK_OPTIONS}  # fmt: skip
         created = admin.post("/admin/forget-sets", json=body).json()
         job = wait_for_job(admin, created["job_id"], ("succeeded", "failed", "cancelled"), timeout=600)
@@ -180,6 +183,10 @@ def test_console_scenario_in_a_real_browser(
     forget_file.write_text("".join(json.dumps(r) + "\n" for r in world["forget"]))
     retain_file.write_text("".join(json.dumps(r) + "\n" for r in world["retain"]))
 
+    # Other tests' sets would flag the scenario's question too: the console starts from an empty registry.
+    with server.admin() as admin:
+        for record in admin.get("/admin/forget-sets").json()["data"]:
+            assert admin.delete(f"/admin/forget-sets/{record['id']}").status_code == 200
     # 1. The page loads without a key, every control is labelled, and the key field has focus.
     browser.get(f"{server.base_url}/admin/ui")
     browser.execute_script("sessionStorage.clear()")  # the module's browser may hold another test's key
@@ -292,7 +299,7 @@ def test_console_scenario_in_a_real_browser(
 
 
 def test_report_json_has_the_documented_fields_and_no_forgotten_text(server: GatewayServer, world: dict) -> None:
-    forget_set_id = _ready_set(server, world)
+    forget_set_id = _ready_set(server, world, "authors-report")
     with server.admin() as admin:
         report = admin.get(f"/admin/forget-sets/{forget_set_id}/report").json()
         page = admin.get(f"/admin/forget-sets/{forget_set_id}/report.html")
@@ -380,7 +387,7 @@ def test_a_rerun_measures_the_operators_heldout_set_with_a_reference(
     from lethe.training.data import parse_rows
     from lethe.training.metrics import EvalTarget, score_rows, truth_ratios
 
-    forget_set_id = _ready_set(server, world)
+    forget_set_id = _ready_set(server, world, "authors-rerun")
     heldout = build_world(WorldConfig.test()).rows("heldout")
     forget_rows = parse_rows(world["forget"][:12], "forget")
     reference = truth_ratios(score_rows(EvalTarget(tiny_retain), forget_rows)).tolist()
