@@ -193,12 +193,13 @@ def test_registered_on_a_trained_by_the_worker_flagged_on_b_then_disabled_on_b_u
         _until(lambda: trained["id"] in _flagged(admin_b, trained["conversation"]), timeout=PROPAGATION_LIMIT_S)
 
     # The audit log stays per process: each one wrote what it did.
-    events_a = [e["event"] for e in _audit(stack["root"] / "a-state") if e.get("forget_set_id") == trained["id"]]
-    events_b = [e["event"] for e in _audit(stack["root"] / "b-state") if e.get("forget_set_id") == trained["id"]]
+    audit_a, audit_b = _audit(stack["root"] / "a-state"), _audit(stack["root"] / "b-state")
+    events_a = [e["event"] for e in audit_a if e.get("forget_set_id") == trained["id"]]
+    events_b = [e["event"] for e in audit_b if e.get("forget_set_id") == trained["id"]]
     events_worker = [e["event"] for e in _audit(stack["root"] / "worker-1")]
     assert "forget_set_created" in events_a and "forget_set_created" not in events_b
-    toggled_a = [e["event"] for e in _audit(stack["root"] / "a-state")[earlier["a-state"] :]]
-    toggled_b = [e["event"] for e in _audit(stack["root"] / "b-state")[earlier["b-state"] :]]
+    toggled_a = [e["event"] for e in audit_a[earlier["a-state"] :]]
+    toggled_b = [e["event"] for e in audit_b[earlier["b-state"] :]]
     assert "forget_set_disabled" in toggled_b and "forget_set_disabled" not in toggled_a
     assert "job_succeeded" in events_worker
 
