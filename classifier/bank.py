@@ -1,9 +1,11 @@
 """Every live forget set's classifier scored at once: one analysis per text, one sparse product for all heads.
 
-The heads' sparse weights are stacked by bucket (a compressed table: for each bucket, the heads that
-weigh it and how much), their semantic weights into one matrix, their entities into one index.
-Scoring a text gathers the table rows of its buckets and sums them per head (``np.bincount``), so the
-cost grows with the text and the number of heads that share its buckets, not with every head's size.
+The heads' sparse weights are stacked by bucket, their semantic weights into one matrix, their entities
+into one index. A bucket that at least half of the heads weigh is a row of a dense ``(buckets, heads)``
+block (4 bytes per head, no more than the 8 a compressed entry takes); the others stay in a compressed
+table (for each bucket, the heads that weigh it and how much). Scoring a text is one small matrix
+product over its dense rows and a gather-and-``np.bincount`` over its compressed ones, so the cost grows
+with the text and the heads that share its rare buckets, and common buckets cost one BLAS call.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from lethe.classifier.entities import Entity, EntityMatcher
-from lethe.classifier.features import Analysis, FeatureSpace
+from lethe.classifier.features import BUCKET_DTYPE, Analysis, FeatureSpace
 from lethe.classifier.head import LinearHead
 
 
@@ -30,14 +32,21 @@ class HeadBank:
         self._index_entities(heads)
 
     def _stack_sparse(self, heads: Sequence[LinearHead]) -> None:
-        buckets = np.concatenate([h.sparse_index for h in heads]) if heads else np.zeros(0, np.int64)
+        buckets = np.concatenate([h.sparse_index for h in heads]) if heads else np.zeros(0, BUCKET_DTYPE)
         owners = np.concatenate([np.full(h.sparse_index.size, i, np.int32) for i, h in enumerate(heads)]) \
             if heads else np.zeros(0, np.int32)  # fmt: skip
         weights = np.concatenate([h.sparse_weight for h in heads]) if heads else np.zeros(0, np.float32)
         order = np.argsort(buckets, kind="stable")
-        buckets, self._owners, self._weights = buckets[order], owners[order], weights[order]
-        self._buckets, starts = np.unique(buckets, return_index=True)
-        self._starts = np.append(starts, buckets.size).astype(np.int64)
+        buckets, owners, weights = buckets[order], owners[order], weights[order]
+        unique, counts = np.unique(buckets, return_counts=True)
+        hot = counts * 2 >= max(self.size, 2)
+        in_hot = np.repeat(hot, counts)
+        self._dense_buckets = unique[hot]
+        self._dense = np.zeros((self._dense_buckets.size, self.size), dtype=np.float32)
+        self._dense[np.repeat(np.arange(self._dense_buckets.size), counts[hot]), owners[in_hot]] = weights[in_hot]
+        self._owners, self._weights = owners[~in_hot], weights[~in_hot]
+        self._buckets = unique[~hot]
+        self._starts = np.append(0, np.cumsum(counts[~hot])).astype(np.int64)
 
     def _index_entities(self, heads: Sequence[LinearHead]) -> None:
         phrases: dict[tuple[str, ...], list[int]] = {}
@@ -53,7 +62,8 @@ class HeadBank:
     @property
     def nbytes(self) -> int:
         """Bytes held by the stacked weights (not counting the entity index)."""
-        arrays = (self._buckets, self._starts, self._owners, self._weights, self.semantic, self.intercepts)
+        arrays = (self._buckets, self._starts, self._owners, self._weights, self._dense_buckets, self._dense,
+                  self.semantic, self.intercepts)
         return sum(int(a.nbytes) for a in arrays)
 
     def logits(self, analysis: Analysis) -> np.ndarray:
@@ -62,6 +72,12 @@ class HeadBank:
         if not self.size:
             return out
         doc_index, doc_value = analysis.sparse
+        if self._dense_buckets.size:
+            position = np.searchsorted(self._dense_buckets, doc_index)
+            position[position == self._dense_buckets.size] = 0
+            matched = self._dense_buckets[position] == doc_index
+            if matched.any():
+                out += doc_value[matched] @ self._dense[position[matched]]
         position = np.searchsorted(self._buckets, doc_index)
         position[position == self._buckets.size] = 0
         hit = self._buckets.size > 0

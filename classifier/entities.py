@@ -141,25 +141,37 @@ def _deletions(word: str) -> set[str]:
 
 @dataclass
 class EntityMatcher:
-    """Finds entity mentions in text, tolerating one edit per word of five letters or more."""
+    """Finds entity mentions in text, tolerating one edit per word of five letters or more.
+
+    The typo index (every entity word and its one-letter deletions) is built on first use: with many live
+    forget sets, a set's own matchers are only needed once a request is flagged for it (its salient spans),
+    and the shared bank matcher serves every other request.
+    """
 
     entities: Sequence[Entity]
     fuzzy_min_len: int = 5
-    _index: dict[str, set[str]] = field(init=False, repr=False)
+    _index_built: dict[str, set[str]] | None = field(init=False, repr=False, default=None, compare=False)
     _by_first: dict[str, list[tuple[str, ...]]] = field(init=False, repr=False)
     _cached_candidates: Callable[[str], frozenset[str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._index = {}
         self._by_first = {}
         self._cached_candidates = lru_cache(maxsize=65536)(self._candidates)
         for entity in self.entities:
             self._by_first.setdefault(entity.words[0], []).append(entity.words)
-            for w in entity.words:
-                self._index.setdefault(w, set()).add(w)
-                if len(w) >= self.fuzzy_min_len:
-                    for d in _deletions(w):
-                        self._index.setdefault(d, set()).add(w)
+
+    @property
+    def _index(self) -> dict[str, set[str]]:
+        if self._index_built is None:
+            index: dict[str, set[str]] = {}
+            for entity in self.entities:
+                for w in entity.words:
+                    index.setdefault(w, set()).add(w)
+                    if len(w) >= self.fuzzy_min_len:
+                        for d in _deletions(w):
+                            index.setdefault(d, set()).add(w)
+            self._index_built = index  # built whole, then published: concurrent first uses build the same
+        return self._index_built
 
     def clear_cache(self) -> None:
         """Drop the per-word candidate cache."""
@@ -181,7 +193,7 @@ class EntityMatcher:
 
     def mentions(self, words: Sequence[str]) -> list[tuple[int, int, tuple[str, ...]]]:
         """Entity mentions among normalized ``words``: word-index ranges ``[i, j)`` and the entity matched."""
-        if not self._index:
+        if not self._by_first:
             return []
         candidates = [self._cached_candidates(w) for w in words]
         out: list[tuple[int, int, tuple[str, ...]]] = []

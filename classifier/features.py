@@ -33,6 +33,11 @@ from lethe.classifier.text import normalized_words, word_spans
 WORD_CACHE_BYTES = 16 * 1024 * 1024
 
 
+# Bucket indices are int32 everywhere (features, heads, the bank): half the memory of int64 per weight.
+BUCKET_DTYPE = np.int32
+MAX_HASH_BITS = 30
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """The feature space a classifier was trained in (stored with it; scoring must use the same)."""
@@ -42,6 +47,10 @@ class FeatureSpec:
     char_ngram_max: int = 5
     hash_bits: int = 20
     semantic: str = "minilm-static-v1"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.hash_bits <= MAX_HASH_BITS:
+            raise ValueError(f"hash_bits must be in [1, {MAX_HASH_BITS}] (buckets are stored as int32)")
 
     @property
     def buckets(self) -> int:
@@ -88,7 +97,7 @@ class Hasher:
                 grams.append(padded)
                 break
             grams.extend(padded[i : i + n] for i in range(size - n + 1))
-        chars = np.fromiter((spec.buckets + (_hash(g, _CHAR_SALT) & mask) for g in grams), np.int64, len(grams))
+        chars = np.fromiter((spec.buckets + (_hash(g, _CHAR_SALT) & mask) for g in grams), BUCKET_DTYPE, len(grams))
         return _hash(word, _WORD_SALT) & mask, chars
 
     def word(self, word: str) -> tuple[int, np.ndarray]:
@@ -110,7 +119,7 @@ class Hasher:
 
     def char_grams(self, words: Sequence[str]) -> list[np.ndarray]:
         """Character n-gram buckets of each word (empty for function words)."""
-        empty = np.zeros(0, np.int64)
+        empty = np.zeros(0, BUCKET_DTYPE)
         return [empty if w in STOPWORDS else self.word(w)[1] for w in words]
 
     def clear(self) -> None:
@@ -121,8 +130,8 @@ class Hasher:
 def sublinear_l2(indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unique buckets of ``indices`` (sorted) with values ``1 + log(count)``, L2-normalized."""
     if len(indices) == 0:
-        return np.zeros(0, np.int64), np.zeros(0)
-    unique, counts = np.unique(np.asarray(indices, dtype=np.int64), return_counts=True)
+        return np.zeros(0, BUCKET_DTYPE), np.zeros(0)
+    unique, counts = np.unique(np.asarray(indices, dtype=BUCKET_DTYPE), return_counts=True)
     values = 1.0 + np.log(counts) if counts.max() > 1 else counts.astype(np.float64)
     return unique, values / np.sqrt(float(values @ values))
 
@@ -151,7 +160,7 @@ class Analysis:
         words = self.words
         word_idx, word_val = sublinear_l2([g for g, _, _ in self._hasher.word_gram_spans(words)])
         chars = self._hasher.char_grams(words)
-        char_idx, char_val = sublinear_l2(np.concatenate(chars) if chars else np.zeros(0, np.int64))
+        char_idx, char_val = sublinear_l2(np.concatenate(chars) if chars else np.zeros(0, BUCKET_DTYPE))
         return np.concatenate([word_idx, char_idx]), np.concatenate([word_val, char_val])
 
     @cached_property

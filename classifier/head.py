@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lethe.classifier.entities import EntityMatcher
-from lethe.classifier.features import Analysis, Hasher, sublinear_l2
+from lethe.classifier.features import BUCKET_DTYPE, Analysis, Hasher, sublinear_l2
 
 
 def sparse_dot(index: np.ndarray, weight: np.ndarray, doc_index: np.ndarray, doc_value: np.ndarray) -> float:
@@ -40,7 +40,7 @@ class LinearHead:
 
     def __post_init__(self) -> None:
         order = np.argsort(self.sparse_index, kind="stable")
-        self.sparse_index = np.ascontiguousarray(self.sparse_index[order], dtype=np.int64)
+        self.sparse_index = np.ascontiguousarray(self.sparse_index[order], dtype=BUCKET_DTYPE)
         self.sparse_weight = np.ascontiguousarray(self.sparse_weight[order], dtype=np.float32)
         self.semantic_weight = np.ascontiguousarray(self.semantic_weight, dtype=np.float32)
         self.entity_weight = np.ascontiguousarray(self.entity_weight, dtype=np.float64)
@@ -73,7 +73,7 @@ class LinearHead:
         chars = hasher.char_grams(words)
         for units in ([(g, start, end) for g, start, end in spans],
                       [(int(g), i, i + 1) for i, array in enumerate(chars) for g in array]):  # fmt: skip
-            buckets = np.array([g for g, _, _ in units], dtype=np.int64)
+            buckets = np.array([g for g, _, _ in units], dtype=BUCKET_DTYPE)
             index, value = sublinear_l2(buckets)
             value_of = dict(zip(index.tolist(), value.tolist(), strict=True))
             count_of = dict(zip(*np.unique(buckets, return_counts=True), strict=True)) if buckets.size else {}

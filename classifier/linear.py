@@ -16,14 +16,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lethe.classifier.entities import EntityMatcher
-from lethe.classifier.features import Analysis, FeatureSpace
+from lethe.classifier.features import BUCKET_DTYPE, Analysis, FeatureSpace
 from lethe.classifier.head import LinearHead
 
 if TYPE_CHECKING:  # scikit-learn and scipy are needed to train, not to serve
     import scipy.sparse as sp
     from sklearn.linear_model import LogisticRegression
 
-PRUNE_BELOW = 1e-4
+# Sparse weights smaller than this are dropped at export: on the demo head that keeps 46 % of them and
+# moves no logit by more than 0.014 (0.008 at the 99th percentile) over 1,144 dev, near, general and
+# pool texts, with no decision changed; the threshold is then calibrated on the pruned head itself.
+# Fewer weights make each set's memory and the shared sparse product across many sets smaller.
+PRUNE_BELOW = 5e-3
+# A semantic dimension whose spread over the training texts is below this share of the median spread
+# carries nothing (all-MiniLM-L6-v2 has one such dimension); standardizing it would blow noise up.
+DEAD_DIMENSION = 1e-4
 
 
 @dataclass
@@ -45,7 +52,7 @@ def design(space: FeatureSpace, analyses: Sequence[Analysis], matcher: EntityMat
     import scipy.sparse as sp
 
     parts = [a.sparse for a in analyses]
-    buckets = np.unique(np.concatenate([p[0] for p in parts])) if parts else np.zeros(0, np.int64)
+    buckets = np.unique(np.concatenate([p[0] for p in parts])) if parts else np.zeros(0, BUCKET_DTYPE)
     rows = np.repeat(np.arange(len(parts)), [p[0].size for p in parts])
     columns = np.searchsorted(buckets, np.concatenate([p[0] for p in parts])) if parts else np.zeros(0, np.int64)
     values = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0)
@@ -91,8 +98,12 @@ def fit_head(
     C: float,
     max_iter: int,
     semantic_weight: float,
+    prune_below: float = PRUNE_BELOW,
 ) -> FittedHead:
-    """Fit a logistic regression over all feature blocks and export it as a ``LinearHead``."""
+    """Fit a logistic regression over all feature blocks and export it as a ``LinearHead``.
+
+    Sparse weights under ``prune_below`` in magnitude are left out of the head.
+    """
     import scipy.sparse as sp
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
@@ -101,8 +112,8 @@ def fit_head(
     dims = d.semantic.shape[1]
     mean = d.semantic.mean(axis=0) if dims else np.zeros(0)
     std = d.semantic.std(axis=0) if dims else np.zeros(0)
-    std[std < 1e-9] = 1.0
-    scale = semantic_weight / math.sqrt(max(dims, 1)) / std
+    dead = std < DEAD_DIMENSION * (float(np.median(std)) if dims else 0.0) + 1e-12
+    scale = np.where(dead, 0.0, semantic_weight / math.sqrt(max(dims, 1)) / np.where(dead, 1.0, std))
     matrix = sp.hstack(
         [d.sparse, sp.csr_matrix((d.semantic - mean) * scale), sp.csr_matrix(d.entities)], format="csr"
     )
@@ -113,7 +124,7 @@ def fit_head(
     coef = estimator.coef_[0].astype(np.float64)
     n_sparse = d.buckets.size
     sparse_coef = coef[:n_sparse]
-    keep = np.abs(sparse_coef) >= PRUNE_BELOW
+    keep = np.abs(sparse_coef) >= prune_below
     semantic_coef = coef[n_sparse : n_sparse + dims] * scale
     head = LinearHead(
         sparse_index=d.buckets[keep],

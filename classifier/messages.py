@@ -16,7 +16,7 @@ import numpy as np
 
 from lethe.classifier.bank import HeadBank
 from lethe.classifier.features import Analysis, FeatureSpace
-from lethe.classifier.model import ScopeClassifier, conversation_texts, sigmoid
+from lethe.classifier.model import ScopeClassifier, conversation_texts
 
 
 @dataclass
@@ -44,6 +44,13 @@ def message_text(message: Mapping[str, Any]) -> str:
     raise TypeError(f"unsupported message content type {type(content).__name__}")
 
 
+def sigmoids(logits: np.ndarray) -> np.ndarray:
+    """The logistic function of each logit (``-inf`` gives 0), as ``sigmoid`` computes it one at a time."""
+    x = np.asarray(logits, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
 def _whole(text: str) -> list[tuple[int, int]]:
     return [(0, len(text))] if text.strip() else []
 
@@ -53,6 +60,7 @@ class ScopeBank:
 
     def __init__(self, classifiers: Mapping[str, ScopeClassifier]):
         self.classifiers = dict(classifiers)
+        self._order = {set_id: i for i, set_id in enumerate(self.classifiers)}
         groups: dict[Any, list[str]] = {}
         for set_id, classifier in self.classifiers.items():
             groups.setdefault(classifier.spec, []).append(set_id)
@@ -71,13 +79,21 @@ class ScopeBank:
         """Bytes held by the stacked weights of every group."""
         return sum(bank.nbytes for _, _, bank, _ in self._groups)
 
+    def _best_logits(self, texts: Sequence[str]) -> list[tuple[list[str], np.ndarray, np.ndarray]]:
+        """Per group: its set ids, each set's best logit over the judged texts, and its thresholds."""
+        judged = conversation_texts(texts)
+        out = []
+        for space, ids, bank, thresholds in self._groups:
+            analyses = [space.analyze(t) for t in judged]
+            best = np.max([bank.logits(a) for a in analyses], axis=0) if analyses else np.full(len(ids), -np.inf)
+            out.append((ids, best, thresholds))
+        return out
+
     def scores(self, texts: Sequence[str]) -> dict[str, float]:
         """Each forget set's score for a conversation given as turn texts (the best over the judged texts)."""
         out: dict[str, float] = {}
-        for space, ids, bank, _ in self._groups:
-            analyses = [space.analyze(t) for t in conversation_texts(texts)]
-            best = np.max([bank.logits(a) for a in analyses], axis=0) if analyses else np.full(len(ids), -np.inf)
-            out.update({i: sigmoid(float(v)) if np.isfinite(v) else 0.0 for i, v in zip(ids, best, strict=True)})
+        for ids, best, _ in self._best_logits(texts):
+            out.update(zip(ids, sigmoids(best).tolist(), strict=True))
         return out
 
     def classify(self, messages: Sequence[Mapping[str, Any]]) -> list[ScopeFlag]:
@@ -85,15 +101,18 @@ class ScopeBank:
 
         With token mode ``all`` every message is covered whole; with ``salient`` each message gets its
         salient spans, and if none has any, every user message (else every message) is covered whole.
+        Only the flagged sets are visited one by one, so a thousand live sets cost one vector comparison.
         """
         texts = [message_text(m) for m in messages]
-        scores = self.scores(texts)
+        flagged: list[tuple[str, float]] = []
+        for ids, best, thresholds in self._best_logits(texts):
+            probabilities = sigmoids(best)
+            flagged += [(ids[k], float(probabilities[k])) for k in np.flatnonzero(probabilities >= thresholds)]
+        flagged.sort(key=lambda pair: self._order[pair[0]])
         flags: list[ScopeFlag] = []
         analyses: dict[tuple[Any, int], Analysis] = {}
-        for set_id, classifier in self.classifiers.items():
-            score = scores[set_id]
-            if score < classifier.threshold:
-                continue
+        for set_id, score in flagged:
+            classifier = self.classifiers[set_id]
             spans: list[list[tuple[int, int]]] = [[] for _ in messages]
             if classifier.config.token_mode == "salient":
                 for i, text in enumerate(texts):

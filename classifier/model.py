@@ -187,7 +187,7 @@ class ScopeClassifier:
         if semantic_weight.ndim != 1 or (semantic_weight.size == 0) != (spec.semantic == "none"):
             raise ClassifierLoadError("semantic weights disagree with the feature spec")
         head = LinearHead(
-            sparse_index=index.astype(np.int64),
+            sparse_index=index.astype(np.int32),
             sparse_weight=sparse_weight,
             semantic_weight=semantic_weight,
             entity_weight=entity_weight,
