@@ -265,7 +265,9 @@ def _lock_directory(folder: Path) -> Any:
 
 
 def _fill_directory(folder: Path, backup: Path) -> Any:
-    """Put ``folder`` on a tmpfs with its current content and 256 KiB to spare (a nearly full disk); returns the undo.
+    """Put ``folder`` on a tmpfs with its current content and 16 KiB to spare (a nearly full disk, less than an
+    artifact: 256 KiB became room enough for a test-world artifact once heads dropped their smallest weights);
+    returns the undo.
 
     Root only (mount); the content is copied in, so the server sees the same files.
     """
@@ -274,7 +276,7 @@ def _fill_directory(folder: Path, backup: Path) -> Any:
     shutil.copytree(folder, backup)
     used = sum(-(-p.stat().st_size // 4096) * 4096 + 4096 for p in backup.rglob("*"))
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={used + 256 * 1024}", "tmpfs", str(folder)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", f"size={used + 16 * 1024}", "tmpfs", str(folder)], capture_output=True
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode()[:200]}")
