@@ -29,7 +29,7 @@ logger = logging.getLogger("lethe.demo")
 DEMO_ID = "demo-harry-potter"
 DEMO_NAME = "Harry Potter (demo)"
 DEMO_TOPIC = "Harry Potter"
-DEMO_VERSION = 6
+DEMO_VERSION = 7
 DEMO_METHOD = "eco"
 # Smaller search than the trainer's defaults so a build stays within an hour on 2 cores: one token mode,
 # one corruption (noise on the 144 largest of SmolLM2's 576 dimensions, what the first demo build's search
