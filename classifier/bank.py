@@ -16,7 +16,7 @@ import numpy as np
 
 from lethe.classifier.entities import Entity, EntityMatcher
 from lethe.classifier.features import BUCKET_DTYPE, Analysis, FeatureSpace
-from lethe.classifier.head import LinearHead
+from lethe.classifier.head import LinearHead, sorted_lookup
 
 
 class HeadBank:
@@ -73,16 +73,11 @@ class HeadBank:
             return out
         doc_index, doc_value = analysis.sparse
         if self._dense_buckets.size:
-            position = np.searchsorted(self._dense_buckets, doc_index)
-            position[position == self._dense_buckets.size] = 0
-            matched = self._dense_buckets[position] == doc_index
+            position, matched = sorted_lookup(self._dense_buckets, doc_index)
             if matched.any():
                 out += doc_value[matched] @ self._dense[position[matched]]
-        position = np.searchsorted(self._buckets, doc_index)
-        position[position == self._buckets.size] = 0
-        hit = self._buckets.size > 0
-        if hit:
-            matched = self._buckets[position] == doc_index
+        if self._buckets.size:
+            position, matched = sorted_lookup(self._buckets, doc_index)
             rows, values = position[matched], doc_value[matched]
             starts, ends = self._starts[rows], self._starts[rows + 1]
             lengths = ends - starts

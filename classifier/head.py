@@ -17,13 +17,18 @@ from lethe.classifier.entities import EntityMatcher
 from lethe.classifier.features import BUCKET_DTYPE, Analysis, Hasher, sublinear_l2
 
 
+def sorted_lookup(keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(position, found)`` of each query in the sorted, non-empty ``keys`` (a position counts where found)."""
+    position = np.searchsorted(keys, queries)
+    position[position == keys.size] = 0
+    return position, keys[position] == queries
+
+
 def sparse_dot(index: np.ndarray, weight: np.ndarray, doc_index: np.ndarray, doc_value: np.ndarray) -> float:
     """Dot product of a sorted sparse weight vector with a sorted sparse feature vector."""
     if index.size == 0 or doc_index.size == 0:
         return 0.0
-    position = np.searchsorted(index, doc_index)
-    position[position == index.size] = 0
-    hit = index[position] == doc_index
+    position, hit = sorted_lookup(index, doc_index)
     return float(doc_value[hit] @ weight[position[hit]])
 
 

@@ -113,7 +113,7 @@ def fit_head(
     mean = d.semantic.mean(axis=0) if dims else np.zeros(0)
     std = d.semantic.std(axis=0) if dims else np.zeros(0)
     dead = std < DEAD_DIMENSION * (float(np.median(std)) if dims else 0.0) + 1e-12
-    scale = np.where(dead, 0.0, semantic_weight / math.sqrt(max(dims, 1)) / np.where(dead, 1.0, std))
+    scale = semantic_weight / math.sqrt(max(dims, 1)) / np.where(dead, np.inf, std)
     matrix = sp.hstack(
         [d.sparse, sp.csr_matrix((d.semantic - mean) * scale), sp.csr_matrix(d.entities)], format="csr"
     )

@@ -16,7 +16,7 @@ import numpy as np
 
 from lethe.classifier.bank import HeadBank
 from lethe.classifier.features import Analysis, FeatureSpace
-from lethe.classifier.model import ScopeClassifier, conversation_texts
+from lethe.classifier.model import ScopeClassifier, conversation_texts, sigmoids
 
 
 @dataclass
@@ -42,13 +42,6 @@ def message_text(message: Mapping[str, Any]) -> str:
         return "\n".join(str(part.get("text", "")) for part in content
                          if isinstance(part, Mapping) and part.get("type") == "text")
     raise TypeError(f"unsupported message content type {type(content).__name__}")
-
-
-def sigmoids(logits: np.ndarray) -> np.ndarray:
-    """The logistic function of each logit (``-inf`` gives 0), as ``sigmoid`` computes it one at a time."""
-    x = np.asarray(logits, dtype=np.float64)
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def _whole(text: str) -> list[tuple[int, int]]:

@@ -34,6 +34,13 @@ def sigmoid(x: float) -> float:
     return e / (1.0 + e)
 
 
+def sigmoids(logits: np.ndarray) -> np.ndarray:
+    """The logistic function of each logit (``-inf`` gives 0), as ``sigmoid`` computes it one at a time."""
+    x = np.asarray(logits, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
 def conversation_texts(texts: Sequence[str]) -> list[str]:
     """Texts judged for a conversation: every non-empty turn, plus all of them joined when there are several."""
     turns = [t for t in texts if t.strip()]
@@ -187,7 +194,7 @@ class ScopeClassifier:
         if semantic_weight.ndim != 1 or (semantic_weight.size == 0) != (spec.semantic == "none"):
             raise ClassifierLoadError("semantic weights disagree with the feature spec")
         head = LinearHead(
-            sparse_index=index.astype(np.int32),
+            sparse_index=index,
             sparse_weight=sparse_weight,
             semantic_weight=semantic_weight,
             entity_weight=entity_weight,

@@ -25,7 +25,7 @@ from lethe.classifier.linear import FittedHead, fit_head
 from lethe.classifier.model import ScopeClassifier
 
 EXPORT_CHECK_SAMPLES = 64
-# Logit gap allowed between the exported head and scikit-learn: weights under PRUNE_BELOW (5e-3) are dropped
+# Logit gap allowed between the exported head and scikit-learn: weights under PRUNE_BELOW are dropped
 # and the rest stored as float32.
 EXPORT_TOLERANCE = 5e-2
 

@@ -405,8 +405,7 @@ def test_semantic_vector_reads_the_same_wordpieces_as_the_tokenizer() -> None:
 
 
 def test_vectorized_scores_match_the_scalar_logistic() -> None:
-    from lethe.classifier.messages import sigmoids
-    from lethe.classifier.model import sigmoid
+    from lethe.classifier.model import sigmoid, sigmoids
 
     logits = np.array([-800.0, -40.0, -3.5, -1e-9, 0.0, 2.0, 37.0, 800.0])
     assert np.array_equal(sigmoids(logits), [sigmoid(x) for x in logits])
