@@ -89,10 +89,10 @@ def test_eco_moves_toward_the_never_trained_model_at_the_base_models_utility(
 ) -> None:
     methods = quick_results[0]["scenarios"]["authors"]["methods"]
     eco, erasure, base = methods["lethe_eco"], methods["erasure_reference"], methods["base"]
-    # Far past erasing the names and past the base model by orders of magnitude. Matching the never-trained model
-    # (KS p >= 0.2) is not reached on the held-out wordings for every seed: seeds 0/1/2 give 0.0095/0.84/0.045,
-    # ECO's truth ratios are narrower than the reference's (10th-90th percentiles from 0.19-1.3 to 0.25-3.4 over
-    # seeds and noise ids, against the never-trained model's 0.14-6.4).
+    # Far past erasing the names and past the base model by orders of magnitude. ECO matches the distribution of
+    # truth ratios (training.eco): seeds 0/1/2 give forget quality 0.434/0.434/0.160 (the per-sample objective it
+    # replaced: 0.0095/0.84/0.045), so seed 0 must stay above 0.2, the floor; 0.16 on seed 2 is short of it.
+    assert eco["forget_quality"] > 0.2
     assert eco["forget_quality"] > 100 * erasure["forget_quality"]
     assert eco["forget_quality"] > 1e6 * base["forget_quality"]
     assert eco["forget_probability"] < 0.1 * base["forget_probability"]

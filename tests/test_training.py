@@ -20,6 +20,7 @@ from lethe.runtime.artifact import ForgetSetArtifact
 from lethe.runtime.model import LanguageModel
 from lethe.runtime.screening import ForgetSetScreen
 from lethe.training.data import ForgetRow, TrainingDataError, TrainingError
+from lethe.training.eco import forget_term, search_points, strength_grid
 from lethe.training.metrics import EvalTarget, ks_test, score_rows, through_screen, truth_ratios
 from lethe.training.trainer import TrainConfig, TrainingCancelled, train_forget_set
 
@@ -75,6 +76,26 @@ def test_eco_moves_truth_ratios_towards_the_never_trained_model(
     ks_after, p_after = ks_test(after, reference)
     assert ks_after < ks_before, (ks_before, ks_after)
     assert p_after > p_before
+
+
+def test_eco_objective_matches_the_distribution_not_each_sample() -> None:
+    # Gaps spread around zero, as a never-trained model's are: matched as a distribution, not as samples.
+    gap, ratio = np.array([-1.0, 1.0, -0.5, 0.5]), np.array([2.0, -2.0, 0.0, 0.0])
+    assert forget_term(gap, ratio, "distribution", 1.0) == 0.0
+    assert forget_term(gap, ratio, "samples", 1.0) == pytest.approx((1 + 1 + 0.25 + 0.25 + 8) / 4)
+    # A narrow but shifted group is far from indifference either way.
+    shifted = np.full(4, -0.7)
+    assert forget_term(shifted, shifted, "distribution", 1.0) == pytest.approx(2 * 0.49)
+    assert forget_term(np.zeros(0), np.zeros(0), "distribution", 1.0) == 0.0
+
+
+def test_substitution_search_crosses_the_noise_of_mentions_without_a_surrogate() -> None:
+    points = search_points("substitute", 2.0, 3)
+    strengths, fallbacks = sorted({s for s, _ in points}), sorted({f for _, f in points})
+    assert strengths == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert fallbacks[0] == 0.0 and fallbacks[1:] == pytest.approx(strength_grid("rand_noise_top_k", 2.0, 3))
+    assert len(points) == 3 * 4
+    assert all(f == 0.0 for _, f in search_points("rand_noise_top_k", 2.0, 3))
 
 
 def test_artifact_round_trip_serves_the_same_scores(

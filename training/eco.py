@@ -2,10 +2,17 @@
 
 Objective, for the strength ``sigma_c = exp(theta_c)`` of cluster ``c`` of forget prompts::
 
-    J_c(theta) = mean_{i in W_c} [(s_i(theta) - t_i)^2                       forget: reach the never-trained level
-                                  + kappa * (f_i(theta) - r_i(theta))^2]     ... and its indifference (truth ratio)
+    J_c(theta) = (mean_{i in c} (s_i(theta) - t_i))^2                       forget: reach the never-trained level
+               + kappa * (mean_{i in c} (f_i(theta) - r_i(theta)))^2         ... and its indifference (truth ratio)
                + lambda * mean_{i in c} max(0, f_i(0) - m - f_i(theta))^2    fluency: wrong answers stay likely
                + rho * max(0, theta - log sigma_floor)                       minimal intervention
+
+The forget terms match distributions (``EcoConfig.match="distribution"``): a model that never learned
+the facts is indifferent *on average*, not on every question (its truth ratios spread widely), and
+TOFU's forget quality compares the two distributions. Squaring each sample's own gap instead
+(``match="samples"``, ``mean_{i in W_c}`` of the squares over the working set) also pays for the
+spread, so it chose the weaker corruption that narrows the ratios over the one that centres them
+(quick authors world, seed 0, same search: forget quality 0.021 against 0.64).
 
 - ``s_i``: mean token log-probability of the true answer under the served plan (the log of TOFU's
   answer probability). With ``scope="sequence"`` the forget entities are corrupted in the answer's
@@ -21,8 +28,9 @@ Objective, for the strength ``sigma_c = exp(theta_c)`` of cluster ``c`` of forge
 - ``rho``: a small price per e-fold of strength, so where more strength stops buying forgetting
   (the answer score plateaus) the optimizer settles at the elbow instead of drifting upwards;
 - ``W_c``: the working set (iterative refinement, "Learn while Unlearn"): after each round every
-  sample is checked and those with ``s_i <= t_i + tol`` leave it, so later steps push only the
-  samples not yet forgotten, each cluster with its own strength.
+  sample is checked and those with ``s_i <= t_i + tol`` leave it; with ``match="samples"`` later steps
+  push only the samples not yet forgotten, each cluster with its own strength; with distributions a
+  cluster is refined as a whole and the working set decides when to stop.
 
 The deviation term is two-sided: overshooting the never-trained level costs as much as falling
 short. A sample depends only on its own cluster's strength, so shifting every active cluster's
@@ -32,7 +40,8 @@ short. A sample depends only on its own cluster's strength, so shifting every ac
 random numbers), so ``J`` is smooth in ``sigma``. Everything runs under ``torch.no_grad``.
 
 The function, its dimension count and the token mode are picked by a coarse strength grid over the
-candidates (``J`` with one cluster); clusters come from k-means on the feature the gateway assigns
+candidates (``J`` with one cluster; for substitution crossed with the noise given to mentions without
+a surrogate, ``search_points``); clusters come from k-means on the feature the gateway assigns
 clusters by (``mean_masked_embedding`` of the corrupted tokens); every plan is built by
 ``plan_for_flag`` on a candidate artifact, exactly as served.
 """
@@ -80,7 +89,7 @@ class EcoConfig(BaseModel):
     max_step: float = Field(default=0.5, gt=0, description="largest change of log-strength in one step")
     fluency_weight: float = Field(default=1.0, ge=0)
     fluency_margin: float = Field(default=0.5, ge=0, description="nats the fluency score may drop")
-    strength_cost: float = Field(default=0.5, ge=0, description="objective cost per e-fold of strength")
+    strength_cost: float = Field(default=0.1, ge=0, description="objective cost per e-fold of strength")
     tolerance: float = Field(default=0.25, ge=0, description="nats above target that still count as forgotten")
     clusters: int = Field(default=0, ge=0, description="per-cluster strengths; 0 picks from the set size")
     min_cluster_size: int = Field(default=8, ge=1)
@@ -102,6 +111,12 @@ class EcoConfig(BaseModel):
         description="which distinctive answer words: any content word or pair no kept text uses (rows: the "
         "facts), or only those naming something, a capitalized uncommon word or a number (a topic's default: "
         "its answers are the model's own text)",
+    )
+    match: Literal["distribution", "samples"] = Field(
+        default="distribution",
+        description="distribution: a cluster's mean answer gap and mean log truth ratio go to 0, as a model that "
+        "never learned the facts is indifferent on average but not on every question (TOFU's forget quality "
+        "compares distributions); samples: every sample's own squared gap and ratio (the spread counts too)",
     )
     scope: Literal["auto", "prompt", "sequence"] = Field(
         default="auto", description="corrupt entity mentions in the whole sequence (auto: when there are entities)"
@@ -212,10 +227,9 @@ class EcoObjective:
         draws, batch = self.draws(eco), self.config.batch_size
         return score_samples(self.model, samples, artifact, mode, draws, batch, self.skip)
 
-    def terms(
-        self, samples: Sequence[ForgetSample], scores: Scores, working: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Per-sample deviation term (zero outside the working set) and fluency penalty."""
+    def terms(self, samples: Sequence[ForgetSample], scores: Scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per sample: the answer's gap to its target ``s_i - t_i``, the log truth ratio ``f_i - r_i`` (0
+        without wrong answers) and the fluency penalty."""
         answer, wrong, reference, fluency = scores
         clean = np.array([s.fluency_reference for s in samples])
         if self.config.target == "indifference":
@@ -223,11 +237,13 @@ class EcoObjective:
         else:
             targets = np.array([s.target for s in samples])
         log_ratio = np.where(np.isfinite(wrong), wrong - reference, 0.0)
-        deviation = (answer - targets) ** 2 + self.config.truth_ratio_weight * log_ratio**2
-        deviation = np.where(working, deviation, 0.0)
         drop = np.maximum(0.0, clean - self.config.fluency_margin - fluency)
         drop = np.where(np.isfinite(drop), drop, 0.0)
-        return deviation, self.config.fluency_weight * drop**2
+        return answer - targets, log_ratio, self.config.fluency_weight * drop**2
+
+    def deviation(self, gap: np.ndarray, log_ratio: np.ndarray) -> float:
+        """The forget term of ``J`` over a group of samples (see ``EcoConfig.match``)."""
+        return forget_term(gap, log_ratio, self.config.match, self.config.truth_ratio_weight)
 
     def cost(self, log_strength: float | np.ndarray, floor: float) -> float | np.ndarray:
         """Minimal-intervention price of a strength (per e-fold above ``floor``)."""
@@ -235,8 +251,18 @@ class EcoObjective:
 
     def value(self, samples: Sequence[ForgetSample], scores: Scores, strength: float, floor: float) -> float:
         """``J`` of one strength over samples that are all in the working set."""
-        deviation, penalty = self.terms(samples, scores, np.ones(len(samples), dtype=bool))
-        return float(deviation.mean() + penalty.mean() + self.cost(math.log(strength), floor))
+        gap, log_ratio, penalty = self.terms(samples, scores)
+        return self.deviation(gap, log_ratio) + float(penalty.mean() + self.cost(math.log(strength), floor))
+
+
+def forget_term(gap: np.ndarray, log_ratio: np.ndarray, match: str, weight: float) -> float:
+    """``(mean gap)^2 + weight * (mean log ratio)^2`` (``distribution``), or the mean of the per-sample
+    squares (``samples``); 0 for an empty group."""
+    if not len(gap):
+        return 0.0
+    if match == "distribution":
+        return float(gap.mean() ** 2 + weight * log_ratio.mean() ** 2)
+    return float((gap**2 + weight * log_ratio**2).mean())
 
 
 def strength_grid(function: str, scale: float, points: int) -> list[float]:
@@ -244,6 +270,21 @@ def strength_grid(function: str, scale: float, points: int) -> list[float]:
     if function in _BOUNDED:
         return [float(x) for x in np.linspace(1.0 / points, 1.0, points)]
     return [float(scale * x) for x in np.geomspace(0.25, 64.0, points)]
+
+
+def search_points(function: str, scale: float, points: int) -> list[tuple[float, float]]:
+    """``(strength, fallback)`` pairs the coarse search tries for one candidate.
+
+    Substitution also searches the noise given to mentions without a surrogate (the forgotten answers'
+    distinctive words): the strength that suits a whole mention of a person is not the one that makes
+    the model indifferent between a true answer and a wrong one, so the grid crosses both (fallback 0,
+    those mentions left clean, is one more point).
+    """
+    strengths = strength_grid(function, scale, points)
+    if function != "substitute":
+        return [(strength, 0.0) for strength in strengths]
+    fallbacks = [0.0, *strength_grid("rand_noise_top_k", scale, points)]
+    return [(strength, fallback) for strength in strengths for fallback in fallbacks]
 
 
 def strength_floor(function: str, scale: float) -> float:
@@ -309,28 +350,20 @@ def train_eco(
     candidates = [c for c in candidates if c[0] != "substitute" or substitute]
     search = _subsample(samples, config.search_rows, seed)
     trials = [(f, d, m) for f, d in candidates for m in modes]
-    # Substitution comes last: mentions without a surrogate get the best noise found before it.
-    trials.sort(key=lambda trial: trial[0] == "substitute")
-    best: tuple[float, CorruptionFunction, int, TokenMode, float] | None = None
-    best_noise: tuple[float, float] | None = None
+    best: tuple[float, CorruptionFunction, int, TokenMode, float, float] | None = None
     search_log = []
     for t_index, (function, dims, mode) in enumerate(trials):
-        fallback = best_noise[1] if function == "substitute" and best_noise is not None else 0.0
-        for strength in strength_grid(function, scale, config.grid):
+        for strength, fallback in search_points(function, scale, config.grid):
             eco = EcoParameters(function=function, strength=strength, dims=dims, scope=scope, fallback=fallback)
             floor = strength_floor(function, scale)
             value = objective.value(search, objective.scores(search, eco, mode), strength, floor)
             search_log.append({"function": function, "dims": dims, "token_mode": mode, "strength": strength,
                                "fallback": fallback, "objective": value})  # fmt: skip
             if best is None or value < best[0]:
-                best = (value, function, dims, mode, strength)
-            full_rows = function == "rand_noise_top_k" and dims == model.hidden_size
-            if full_rows and (best_noise is None or value < best_noise[0]):
-                best_noise = (value, strength)
+                best = (value, function, dims, mode, strength, fallback)
         report(0.05 + 0.45 * (t_index + 1) / len(trials), f"eco: search {function}:{dims}/{mode}")
     assert best is not None
-    _, function, dims, mode, start = best
-    fallback = best_noise[1] if function == "substitute" and best_noise is not None else 0.0
+    _, function, dims, mode, start, fallback = best
 
     count = _cluster_count(len(samples), config)
     features = torch.stack(
@@ -342,6 +375,7 @@ def train_eco(
     floor = strength_floor(function, scale)
     theta = np.full(count, math.log(start))
     working = np.ones(len(samples), dtype=bool)
+    distribution = config.match == "distribution"
     rounds_log = []
 
     def evaluate(log_strengths: np.ndarray, subset: np.ndarray) -> Scores:
@@ -358,7 +392,8 @@ def train_eco(
     done = 0
     for round_index in range(config.rounds):
         for _ in range(config.steps_per_round):
-            active = np.array([working[labels == c].any() for c in range(count)])
+            # Matching distributions refines every cluster, overshoot included; per sample, only unforgotten ones.
+            active = np.array([distribution or working[labels == c].any() for c in range(count)])
             if not active.any():
                 break
             subset = active[labels]
@@ -389,7 +424,7 @@ def train_eco(
         )
         done += 1
         report(0.5 + 0.5 * done / total_steps, f"eco: round {round_index + 1}: {int(working.sum())} left")
-        if not working.any():
+        if not working.any() and not distribution:
             break
 
     strengths = torch.tensor(np.exp(theta), dtype=torch.float32)
@@ -433,15 +468,15 @@ def _cluster_values(
     """``J_c`` of every cluster from the scores of the samples in ``subset``."""
     indices = np.flatnonzero(subset)
     chosen = [samples[i] for i in indices]
-    deviation, penalty = objective.terms(chosen, scores, working[indices])
+    gap, log_ratio, penalty = objective.terms(chosen, scores)
     out = np.zeros(count)
     for cluster in range(count):
         members = labels[indices] == cluster
         if not members.any():
             continue
-        in_working = members & working[indices]
-        dev = deviation[in_working].mean() if in_working.any() else 0.0
-        out[cluster] = dev + penalty[members].mean()
+        # Matching a distribution needs the whole cluster; per-sample matching pushes the unforgotten ones.
+        group = members if objective.config.match == "distribution" else members & working[indices]
+        out[cluster] = objective.deviation(gap[group], log_ratio[group]) + penalty[members].mean()
     return out
 
 
